@@ -1,0 +1,111 @@
+"""The ``phenodiff`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+logger = logging.getLogger("phenodiff")
+
+
+def _add_summary_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "summary",
+        help="Validate a dataset, make its patient-level split and print counts per group and label.",
+        description=(
+            "Load a dataset against its phenotype schema, drop and count invalid rows, make (or read) the "
+            "train/val/test split manifest, print counts per demographic group, label and split, and write "
+            "summary.txt, summary.json, group_label_counts.png and split_manifest.json to the output folder."
+        ),
+    )
+    parser.add_argument(
+        "--dataset",
+        default="phantom",
+        help="Built-in schema name (phantom, chestxray14, ham10000, oasis1, brats) or path to a schema YAML file. Default: phantom.",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="Folder with the metadata CSV and images. Not needed for the phantom.")
+    parser.add_argument("--metadata-file", type=Path, default=None, help="Metadata CSV (may be .gz); defaults to the schema's metadata_file in --data-dir.")
+    parser.add_argument(
+        "--column-map",
+        nargs="*",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="Map phenotype fields (image, patient_id, age, sex, pathology, extra:NAME) to CSV columns.",
+    )
+    parser.add_argument("--output-dir", type=Path, default=None, help="Where outputs are written. Default: outputs/summary-DATASET.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the split (and of the phantom). Default: 0.")
+    parser.add_argument("--no-image-check", action="store_true", help="Validate the metadata only; do not open images.")
+    parser.add_argument("--errors", choices=("drop", "raise"), default="drop", help="Drop and count invalid rows (default) or stop at the first.")
+    parser.add_argument("--phantom-patients", type=int, default=800, help="Number of phantom patients to generate. Default: 800.")
+    parser.set_defaults(func=run_summary)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from .data import load_or_make_split, load_pheno_dataset, plot_group_label_counts, resolve_schema, summarize
+    from .data.schema import parse_column_mapping
+    from .utils.io import atomic_write_json, atomic_write_text
+
+    schema = resolve_schema(args.dataset)
+    output_dir = args.output_dir or Path("outputs") / f"summary-{schema.name}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    data_dir = args.data_dir
+    if schema.name == "phantom" and data_dir is None:
+        from .data.phantom import PhantomConfig, generate_phantom
+
+        data_dir = generate_phantom(output_dir / "phantom-data", PhantomConfig(num_patients=args.phantom_patients, seed=args.seed))
+        logger.info("Phantom dataset in %s", data_dir)
+    if data_dir is None and args.metadata_file is None:
+        print(f"error: dataset {schema.name!r} needs --data-dir (or --metadata-file with --no-image-check).", file=sys.stderr)
+        return 2
+
+    dataset = load_pheno_dataset(
+        schema,
+        data_dir,
+        metadata_file=args.metadata_file,
+        column_mapping=parse_column_mapping(args.column_map),
+        check_images=not args.no_image_check,
+        errors=args.errors,
+    )
+
+    manifest_path = output_dir / "split_manifest.json"
+    load_or_make_split(dataset, manifest_path, seed=args.seed)
+    summary = summarize(dataset)
+
+    text = summary.format()
+    print(text)
+    atomic_write_text(output_dir / "summary.txt", text + "\n")
+    atomic_write_json(output_dir / "summary.json", summary.to_dict())
+    plot_group_label_counts(summary, output_dir / "group_label_counts.png")
+    print(f"\nWrote {output_dir / 'summary.txt'}, summary.json, group_label_counts.png and split_manifest.json in {output_dir}.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phenodiff", description="phenodiff command line.")
+    parser.add_argument("--version", action="version", version=f"phenodiff {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log at debug level.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_summary_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .data.errors import PhenodiffDataError
+
+    try:
+        return args.func(args)
+    except (PhenodiffDataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
