@@ -1,0 +1,192 @@
+"""Stage 2: train the phenotype encoder and conditional UNet on the frozen autoencoder's latents."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+
+from ..pipelines.pipeline_phenodiff import PhenoDiffPipeline, reject_pickle_files
+from ..utils.io import atomic_write_json
+from .config import TrainConfig
+from .data import prepare_dataset, torch_split
+from .loop import make_accelerator, run_loop
+from .models import ConditionalDenoiser, build_encoder, build_noise_scheduler, build_unet
+from .validation import sample_grid, save_grid_png, validation_phenotypes
+
+logger = logging.getLogger(__name__)
+
+EMA_WEIGHTS = "ema.safetensors"
+EMA_STATE = "ema_state.json"
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Posterior mean and standard deviation of each training image's latent, with its phenotype.
+
+    Encoding once up front keeps the frozen encoder out of the training step; a fresh latent is drawn
+    from the stored posterior at every step.
+    """
+
+    def __init__(self, images, vae: AutoencoderKL, batch_size: int = 128):
+        self.images = images
+        means, stds = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                pixels = images.pixel_values[start : start + batch_size].to(vae.device, vae.dtype)
+                posterior = vae.encode(pixels).latent_dist
+                means.append(posterior.mean.float().cpu())
+                stds.append(posterior.std.float().cpu())
+        self.latent_mean = torch.cat(means)
+        self.latent_std = torch.cat(stds)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        item = self.images[index]
+        item["latent_mean"] = self.latent_mean[index]
+        item["latent_std"] = self.latent_std[index]
+        return item
+
+
+def predicted_original(noise_scheduler, noisy: torch.Tensor, prediction: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    r"""One-step estimate :math:`\hat x_0` from the model output (Ho et al., 2020, eq. 15; Salimans & Ho, 2022 for v).
+
+    epsilon: :math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon) / \sqrt{\bar\alpha_t}`;
+    v: :math:`\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v`.
+    """
+    alpha_bar = noise_scheduler.alphas_cumprod.to(noisy.device)[timesteps].view(-1, 1, 1, 1).to(noisy.dtype)
+    if noise_scheduler.config.prediction_type == "epsilon":
+        return (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
+    return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * prediction
+
+
+def load_frozen_vae(path: str | Path) -> AutoencoderKL:
+    reject_pickle_files(path)
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"Autoencoder not found at {path}; train stage 'autoencoder' first or pass --pretrained_vae_path.")
+    vae = AutoencoderKL.from_pretrained(path, use_safetensors=True)
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None = None, pretrained_vae_path: str | None = None) -> Path:
+    """Train stage 2 and save the full pipeline (EMA weights when enabled) to ``output_dir/pipeline``."""
+    output_dir = Path(config.output_dir)
+    stage_dir = output_dir / "diffusion"
+    cfg = config.diffusion
+    accelerator = make_accelerator(stage_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                   mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
+    with accelerator.main_process_first():
+        dataset = prepare_dataset(config.data, output_dir)
+    schema = dataset.schema
+    vae = load_frozen_vae(pretrained_vae_path or output_dir / "autoencoder" / "model").to(accelerator.device)
+    train_images = torch_split(dataset, "train", config.data.resolution)
+    latents = LatentDataset(train_images, vae)
+    latent_channels, latent_size = latents.latent_mean.shape[1], latents.latent_mean.shape[-1]
+
+    unet = build_unet(cfg, latent_channels=latent_channels, latent_size=latent_size)
+    encoder = build_encoder(cfg, schema)
+    denoiser = ConditionalDenoiser(unet, encoder)
+    noise_scheduler = build_noise_scheduler(cfg)
+    scaling = vae.config.scaling_factor
+    denoiser.to(accelerator.device)
+    ema = EMAModel(denoiser.parameters(), decay=cfg.ema_decay) if cfg.use_ema else None
+    if ema is not None:
+        ema.to(accelerator.device)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("phenodiff-diffusion", config={k: str(v) for k, v in config.to_dict()["diffusion"].items()})
+        logger.info("UNet %.2fM + encoder %.2fM parameters, latents %dx%dx%d, %d training images",
+                    sum(p.numel() for p in unet.parameters()) / 1e6, sum(p.numel() for p in encoder.parameters()) / 1e6,
+                    latent_channels, latent_size, latent_size, len(latents))
+
+    ages = train_images.age[~torch.isnan(train_images.age)]
+    grid_ages = tuple(float(a) for a in np.quantile(ages.numpy(), [0.25, 0.75])) if len(ages) else (schema.age.min, schema.age.max)
+    grid_phenotypes, row_titles, column_titles = validation_phenotypes(list(schema.pathology.vocabulary), schema.pathology.multi_label, grid_ages)
+
+    def compute_loss(model, batch, step):
+        latent = (batch["latent_mean"] + batch["latent_std"] * torch.randn_like(batch["latent_std"])) * scaling
+        noise = torch.randn_like(latent)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latent.shape[0],), device=latent.device)
+        noisy = noise_scheduler.add_noise(latent, noise, timesteps)
+        target = noise if cfg.prediction_type == "epsilon" else noise_scheduler.get_velocity(latent, noise, timesteps)
+        prediction = model(noisy, timesteps, batch["age"], batch["sex"], batch["pathology"], conditioning_dropout=True)
+        denoising = F.mse_loss(prediction.float(), target.float())
+        losses = {"loss": denoising, "denoising": denoising}
+        if cfg.clinical_weight > 0:
+            # L_clinical = ||f(x_real) - f(decode(x0_hat))||^2 with f the frozen encoder's posterior mean,
+            # only where t is small enough for x0_hat to resemble an image.
+            mask = timesteps < cfg.clinical_max_timestep
+            if mask.any():
+                x0_hat = predicted_original(noise_scheduler, noisy[mask], prediction[mask], timesteps[mask])
+                decoded = vae.decode(x0_hat / scaling).sample
+                features = vae.encode(decoded).latent_dist.mean
+                clinical = F.mse_loss(features, batch["latent_mean"][mask])
+            else:
+                clinical = denoising.new_zeros(())
+            losses["clinical"] = clinical
+            losses["loss"] = denoising + cfg.clinical_weight * clinical
+        return losses
+
+    def make_pipeline(use_ema_weights: bool) -> PhenoDiffPipeline:
+        model = denoiser
+        if ema is not None and use_ema_weights:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        pipeline = PhenoDiffPipeline(vae=vae, unet=model.unet, phenotype_encoder=model.phenotype_encoder,
+                                     scheduler=build_noise_scheduler(cfg))
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def restore_weights():
+        if ema is not None:
+            ema.restore(denoiser.parameters())
+
+    def after_step(step):
+        if ema is not None:
+            ema.step(denoiser.parameters())
+        if accelerator.is_main_process and (step % cfg.validation_steps == 0 or step == cfg.max_train_steps):
+            pipeline = make_pipeline(use_ema_weights=True)
+            images = sample_grid(pipeline, grid_phenotypes, num_inference_steps=cfg.validation_inference_steps,
+                                 guidance_scale=cfg.guidance_scale, seed=config.seed)
+            restore_weights()
+            path = save_grid_png(images, row_titles, column_titles, stage_dir / "samples" / f"step-{step:06d}.png",
+                                 title=f"{schema.name}, step {step}")
+            logger.info("Validation grid written to %s", path)
+
+    def save_ema(folder: Path):
+        if ema is not None:
+            save_file({f"param_{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, str(folder / EMA_WEIGHTS))
+            atomic_write_json(folder / EMA_STATE, {"optimization_step": ema.optimization_step, "decay": ema.decay})
+
+    def restore_ema(state, folder: Path):
+        if ema is not None and (folder / EMA_WEIGHTS).is_file():
+            tensors = load_file(str(folder / EMA_WEIGHTS))
+            ema.shadow_params = [tensors[f"param_{i}"].to(p.device) for i, p in enumerate(ema.shadow_params)]
+            ema.optimization_step = json.loads((folder / EMA_STATE).read_text())["optimization_step"]
+
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    result = run_loop(
+        accelerator=accelerator, model=denoiser, params=params, dataset=latents, config=cfg, stage_dir=stage_dir,
+        seed=config.seed, compute_loss=compute_loss, resume_from_checkpoint=resume_from_checkpoint,
+        after_step=after_step, restore_extra_state=restore_ema, save_extra=save_ema, description="Diffusion",
+    )
+    accelerator.wait_for_everyone()
+    final = output_dir / "pipeline"
+    if accelerator.is_main_process:
+        pipeline = make_pipeline(use_ema_weights=True)
+        from ..hub.model_card import save_pipeline_with_card
+
+        save_pipeline_with_card(pipeline, final, config=config, dataset=dataset,
+                                metrics={"global_step": result.global_step, **result.last_losses})
+        restore_weights()
+        logger.info("Pipeline saved to %s", final)
+    accelerator.end_training()
+    return final
