@@ -41,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume_from_checkpoint", type=str, default=None, help="A checkpoint folder or 'latest'.")
     parser.add_argument("--report_to", type=str, default=None, help="Tracker: tensorboard (offline), wandb, or none.")
     parser.add_argument("--validation_steps", type=int, default=None, help="Write a sample grid every N steps.")
+    parser.add_argument("--logging_steps", type=int, default=None, help="Log losses, learning rate and images/s every N steps.")
     parser.add_argument("--seed", type=int, default=None, help="Training seed.")
     parser.add_argument("--pretrained_vae_path", type=str, default=None, help="Use this autoencoder instead of OUTPUT_DIR/autoencoder/model.")
     parser.add_argument("--push_to_hub", action="store_true", default=None, help="Upload OUTPUT_DIR/pipeline after training.")

@@ -163,10 +163,11 @@ class PhenotypeEncoder(ModelMixin, ConfigMixin):
         age_token = torch.where(missing[:, None], self.missing_age(torch.zeros(batch, dtype=torch.long, device=device)), age_token)
         tokens = [age_token[:, None], self.sex_embedding(sex.long())[:, None]]
 
-        labels = torch.arange(len(self.vocabulary), device=device)
+        # Every embedding lookup is indexed per example (B, ...) so that opacus sees a batch dimension.
+        labels = torch.arange(len(self.vocabulary), device=device).expand(batch, -1)
         if self.config.multi_label:
             presence = self.presence_embedding(pathology.round().long().clamp(0, 1))  # (B, L, dim)
-            pathology_tokens = self.label_embedding(labels)[None] + presence
+            pathology_tokens = self.label_embedding(labels) + presence
         else:
             pathology_tokens = self.label_embedding(pathology.argmax(dim=1))[:, None]
         tokens.append(pathology_tokens)
@@ -187,8 +188,8 @@ class PhenotypeEncoder(ModelMixin, ConfigMixin):
             tokens[i] = torch.where(keep[:, None, None], tokens[i], null)
 
         sequence = torch.cat(tokens, dim=1)
-        positions = self.position_embedding(torch.arange(self.num_tokens, device=device))
-        return self.norm(sequence + positions[None])
+        positions = self.position_embedding(torch.arange(self.num_tokens, device=device).expand(batch, -1))
+        return self.norm(sequence + positions)
 
     # ------------------------------------------------------------------ convenience
     def null_tokens(self, batch: int, device=None) -> torch.Tensor:
