@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
+
 from phenodiff.training import TrainConfig, train_autoencoder, train_diffusion
 
 logger = logging.getLogger("phenodiff.train")
@@ -70,6 +72,7 @@ def main(argv=None) -> int:
 
             url = push_pipeline_folder(folder, config.hub_model_id, token=args.hub_token)
             logger.info("Pushed %s to %s", folder, url)
+    PartialState().destroy_process_group()
     return 0
 
 

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .data import prepare_dataset, torch_split
-from .loop import make_accelerator, run_loop
+from .loop import finish_trackers, make_accelerator, run_loop
 from .models import build_vae
 
 logger = logging.getLogger(__name__)
@@ -107,5 +107,5 @@ def train_autoencoder(config: TrainConfig, *, resume_from_checkpoint: str | None
                    "scaling_factor": vae.config.scaling_factor, "resumed_from": result.resumed_from}
         atomic_write_json(stage_dir / "metrics.json", metrics)
         logger.info("Autoencoder saved to %s: test PSNR %.2f dB", final, test_stats["psnr_db"])
-    accelerator.end_training()
+    finish_trackers(accelerator)
     return final

@@ -17,7 +17,7 @@ from ..pipelines.pipeline_phenodiff import PhenoDiffPipeline, reject_pickle_file
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .data import prepare_dataset, torch_split
-from .loop import make_accelerator, run_loop
+from .loop import finish_trackers, make_accelerator, run_loop
 from .models import ConditionalDenoiser, build_encoder, build_noise_scheduler, build_unet
 from .validation import sample_grid, save_grid_png, validation_phenotypes
 
@@ -188,5 +188,5 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
                                 metrics={"global_step": result.global_step, **result.last_losses})
         restore_weights()
         logger.info("Pipeline saved to %s", final)
-    accelerator.end_training()
+    finish_trackers(accelerator)
     return final

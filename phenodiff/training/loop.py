@@ -31,11 +31,24 @@ def make_accelerator(stage_dir: Path, *, gradient_accumulation_steps: int, mixed
         mixed_precision=mixed_precision,
         log_with=log_with,
         project_config=project,
+        # Without a GPU, cpu=True makes a multi-process launch (accelerate launch --multi_gpu --num_processes N)
+        # use gloo across CPU processes; otherwise accelerate 1.16 falls back to N independent single-process runs.
+        cpu=not torch.cuda.is_available(),
         # A seedable sampler shuffles each epoch with seed + epoch, so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(seed, device_specific=True)
     return accelerator
+
+
+def finish_trackers(accelerator: Accelerator) -> None:
+    """Close the trackers but keep the process group, so the next stage can run in the same launch.
+
+    ``Accelerator.end_training`` would also destroy the process group; the recipe does that once at exit.
+    """
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 @dataclass
@@ -96,6 +109,8 @@ def run_loop(
         if restore_extra_state is not None:
             restore_extra_state(state, resume_path)
 
+    logger.info("%s: %d examples, %d process(es), batch %d per process, %d steps", description, len(dataset),
+                accelerator.num_processes, config.train_batch_size, config.max_train_steps)
     updates_per_epoch = max(1, math.ceil(len(loader) / config.gradient_accumulation_steps))
     first_epoch = global_step // updates_per_epoch
     skip_batches = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
