@@ -1,4 +1,4 @@
-"""Stage 1: train the AutoencoderKL whose latents the diffusion model sees."""
+"""Stage 1: train the AutoencoderKL whose latents the diffusion model is trained on."""
 
 from __future__ import annotations
 

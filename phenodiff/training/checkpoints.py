@@ -1,6 +1,6 @@
 """Atomic, resumable training checkpoints on top of ``accelerate``'s ``save_state``/``load_state``.
 
-A checkpoint folder ``checkpoint-<step>`` holds accelerate's state (model weights as safetensors; optimizer,
+A checkpoint folder ``checkpoint-<step>`` contains accelerate's state (model weights as safetensors; optimizer,
 LR-scheduler and RNG states, which accelerate reads back with torch's ``weights_only`` loader) and
 ``trainer_state.json`` with the step and any extra JSON state (for example a privacy accountant). It is
 written under ``checkpoint-<step>.tmp`` and renamed when complete, so a crash never leaves a partial

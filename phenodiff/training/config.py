@@ -79,6 +79,22 @@ class DiffusionConfig(StageConfig):
 
 
 @dataclass
+class PrivacyConfig:
+    """DP-SGD settings for stage 2 (phenotype encoder and UNet); off by default."""
+
+    enabled: bool = False
+    target_epsilon: float = 10.0
+    target_delta: float | None = None  # default: 1 / (10 N) for N training images
+    max_grad_norm: float = 1.0  # per-example clipping bound C
+    noise_multiplicity: int = 4  # K noise and timestep draws per example, averaged before clipping
+    accountant: str = "prv"  # or "rdp"
+    trainable: str = "all"  # or "attention_and_conditioning" (DP fine-tuning of a pretrained denoiser)
+    pretrained_pipeline: str | None = None  # pipeline folder whose UNet and encoder initialise the DP run
+    public_data: str | None = None  # what the autoencoder and pretrained weights were trained on, for the card
+    epsilon_check_steps: int = 10  # steps between accountant checks against the target
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; ``to_dict`` is written into the run folder and the model card."""
 
@@ -91,6 +107,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +115,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> "TrainConfig":
         data = dict(data or {})
-        sections = {"data": DataConfig, "autoencoder": AutoencoderConfig, "diffusion": DiffusionConfig}
+        sections = {"data": DataConfig, "autoencoder": AutoencoderConfig, "diffusion": DiffusionConfig, "privacy": PrivacyConfig}
         kwargs: dict[str, Any] = {}
         top_level = {f.name for f in fields(cls)} - set(sections)
         for key, value in data.items():
@@ -129,6 +146,8 @@ class TrainConfig:
                 data[key] = value
             elif key in data["data"]:
                 data["data"][key] = value
+            elif key in data["privacy"] and stage != "autoencoder":
+                data["privacy"][key] = value
             elif stage == "all" or key in stage_keys:
                 applied = False
                 for name in stages:
@@ -152,7 +171,7 @@ def _build(cls, values: Mapping[str, Any], source: str):
         if key == "block_out_channels":
             value = tuple(int(v) for v in value)
         elif key in ("learning_rate", "kl_weight", "feature_weight", "ema_decay", "clinical_weight", "adam_weight_decay",
-                     "max_grad_norm", "guidance_scale", "attribute_dropout"):
+                     "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon"):
             value = float(value)
         converted[key] = value
     return cls(**converted)

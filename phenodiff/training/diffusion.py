@@ -94,6 +94,8 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
 
     unet = build_unet(cfg, latent_channels=latent_channels, latent_size=latent_size)
     encoder = build_encoder(cfg, schema)
+    if config.privacy.pretrained_pipeline:
+        unet, encoder = _load_pretrained_denoiser(config.privacy.pretrained_pipeline, schema)
     denoiser = ConditionalDenoiser(unet, encoder)
     noise_scheduler = build_noise_scheduler(cfg)
     scaling = vae.config.scaling_factor
@@ -172,21 +174,80 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
             ema.shadow_params = [tensors[f"param_{i}"].to(p.device) for i, p in enumerate(ema.shadow_params)]
             ema.optimization_step = json.loads((folder / EMA_STATE).read_text())["optimization_step"]
 
-    params = [p for p in denoiser.parameters() if p.requires_grad]
-    result = run_loop(
-        accelerator=accelerator, model=denoiser, params=params, dataset=latents, config=cfg, stage_dir=stage_dir,
-        seed=config.seed, compute_loss=compute_loss, resume_from_checkpoint=resume_from_checkpoint,
-        after_step=after_step, restore_extra_state=restore_ema, save_extra=save_ema, description="Diffusion",
-    )
+    privacy_section = None
+    if config.privacy.enabled:
+        result = _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step,
+                           resume_from_checkpoint)
+        privacy_section = _privacy_section(config, result)
+        atomic_write_json(stage_dir / "privacy.json", {"epsilon": result.epsilon, "delta": result.delta,
+                                                       "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
+                                                       "steps": result.global_step, "stopped_early": result.stopped_early,
+                                                       "ledger": result.ledger_state})
+    else:
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+        result = run_loop(
+            accelerator=accelerator, model=denoiser, params=params, dataset=latents, config=cfg, stage_dir=stage_dir,
+            seed=config.seed, compute_loss=compute_loss, resume_from_checkpoint=resume_from_checkpoint,
+            after_step=after_step, restore_extra_state=restore_ema, save_extra=save_ema, description="Diffusion",
+        )
     accelerator.wait_for_everyone()
     final = output_dir / "pipeline"
     if accelerator.is_main_process:
         pipeline = make_pipeline(use_ema_weights=True)
         from ..hub.model_card import save_pipeline_with_card
 
-        save_pipeline_with_card(pipeline, final, config=config, dataset=dataset,
-                                metrics={"global_step": result.global_step, **result.last_losses})
+        metrics = {"global_step": result.global_step, **getattr(result, "last_losses", {})}
+        save_pipeline_with_card(pipeline, final, config=config, dataset=dataset, metrics=metrics, privacy_section=privacy_section)
         restore_weights()
         logger.info("Pipeline saved to %s", final)
     finish_trackers(accelerator)
     return final
+
+
+def _load_pretrained_denoiser(folder: str | Path, schema):
+    """Load the UNet and phenotype encoder of a saved pipeline (non-private pretraining on public data)."""
+    from diffusers import UNet2DConditionModel
+
+    from ..models.phenotype_encoder import PhenotypeEncoder
+
+    reject_pickle_files(folder)
+    unet = UNet2DConditionModel.from_pretrained(Path(folder) / "unet", use_safetensors=True)
+    encoder = PhenotypeEncoder.from_pretrained(Path(folder) / "phenotype_encoder", use_safetensors=True)
+    if list(encoder.config.pathology_vocabulary) != list(schema.pathology.vocabulary):
+        raise ValueError(
+            f"The pretrained encoder in {folder} has vocabulary {list(encoder.config.pathology_vocabulary)}, but dataset "
+            f"{schema.name!r} uses {list(schema.pathology.vocabulary)}; pretrain on data with the same vocabulary."
+        )
+    return unet, encoder
+
+
+def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step, resume_from_checkpoint):
+    from ..privacy.dp_diffusion import train_denoiser_dp
+
+    if accelerator.num_processes > 1:
+        raise ValueError("DP training runs in one process; launch without --multi_gpu/--num_processes for privacy.enabled.")
+    return train_denoiser_dp(
+        denoiser=denoiser, dataset=latents, noise_scheduler=noise_scheduler, scaling=scaling, privacy=config.privacy,
+        stage=config.diffusion, checkpoint_dir=stage_dir / "checkpoints", seed=config.seed,
+        resume=resume_from_checkpoint is not None, after_step=after_step,
+    )
+
+
+def _privacy_section(config, result) -> str:
+    """Model card text stating the epsilon of every component that saw the private images."""
+    privacy = config.privacy
+    autoencoder = (
+        f"trained on public data ({privacy.public_data}); it did not see the private images"
+        if privacy.public_data
+        else "trained on the private images **without** differential privacy: epsilon is unbounded for it, so the "
+        "release as a whole has no formal guarantee unless the autoencoder is replaced by one trained on public data"
+    )
+    stop = " Training stopped early to stay within the target." if result.stopped_early else ""
+    return "\n".join([
+        f"- Phenotype encoder + UNet: DP-SGD (opacus), epsilon = {result.epsilon:.3f} at delta = {result.delta:.2e} "
+        f"({privacy.accountant} accountant), noise multiplier {result.noise_multiplier:.3f}, clipping bound "
+        f"{privacy.max_grad_norm}, sampling rate {result.sample_rate:.4f}, {result.global_step} steps, noise multiplicity "
+        f"{privacy.noise_multiplicity}, trainable parameters: {privacy.trainable}.{stop}",
+        f"- Autoencoder: {autoencoder}.",
+        "- The protected unit is one image; a patient with k training images is protected at the group level of k records.",
+    ])

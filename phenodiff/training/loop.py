@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def make_accelerator(stage_dir: Path, *, gradient_accumulation_steps: int, mixed_precision: str, report_to: str | None,
                      seed: int) -> Accelerator:
-    """An Accelerator that logs to ``stage_dir/logs`` (tensorboard works offline) and a seeded run."""
+    """Create an Accelerator that logs to ``stage_dir/logs`` (tensorboard works offline) and seed the run."""
     project = ProjectConfiguration(project_dir=str(stage_dir), logging_dir=str(stage_dir / "logs"))
     log_with = None if report_to in (None, "none", "") else report_to
     accelerator = Accelerator(

@@ -12,7 +12,7 @@ from .config import AutoencoderConfig, DiffusionConfig
 
 
 def build_vae(config: AutoencoderConfig, *, channels: int, resolution: int) -> AutoencoderKL:
-    """An AutoencoderKL that downsamples by ``2 ** (len(block_out_channels) - 1)``."""
+    """Build an AutoencoderKL that downsamples by ``2 ** (len(block_out_channels) - 1)``."""
     depth = len(config.block_out_channels)
     return AutoencoderKL(
         in_channels=channels,
@@ -28,7 +28,7 @@ def build_vae(config: AutoencoderConfig, *, channels: int, resolution: int) -> A
 
 
 def build_unet(config: DiffusionConfig, *, latent_channels: int, latent_size: int) -> UNet2DConditionModel:
-    """A UNet2DConditionModel with cross-attention in every block but the deepest down and first up block."""
+    """Build a UNet2DConditionModel with cross-attention in every block but the deepest down and first up block."""
     depth = len(config.block_out_channels)
     down = ("CrossAttnDownBlock2D",) * (depth - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (depth - 1)
