@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-fast clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,10 @@ demo: install
 	$(BIN)/phenodiff summary --dataset phantom --output-dir outputs/demo
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-all: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,11 +1,15 @@
 """DP-SGD training of the conditional denoiser (phenotype encoder + UNet) with opacus.
 
-Each step: Poisson-sample a batch (rate q), repeat every example K times with fresh latent, noise and
-timestep draws (noise multiplicity, Dockhorn et al., 2022), compute per-sample gradients with opacus'
-GradSampleModule, average each example's K gradients, clip each example's gradient to L2 norm C, sum,
-add N(0, sigma^2 C^2 I) and divide by the expected batch size (Abadi et al., 2016). The noise multiplier
-sigma is the smallest that keeps the planned schedule within the target epsilon under the ledger's
-accountant, and training stops before a step would exceed the target.
+Each step (Abadi et al., 2016, with noise multiplicity from Dockhorn et al., 2022):
+
+1. Poisson-sample a batch with rate q.
+2. Repeat every example K times with fresh latent, noise and timestep draws.
+3. Compute per-sample gradients with opacus' GradSampleModule and average each example's K gradients.
+4. Clip each example's gradient to L2 norm C, sum, add N(0, sigma^2 C^2 I) and divide by the expected
+   batch size.
+
+The noise multiplier sigma is the smallest that keeps the planned schedule within the target epsilon
+under the ledger's accountant. Training stops before a step would exceed the target.
 
 Only one process is supported: opacus needs a distributed wrapper (DPDDP) for several processes, which
 this module does not set up.
