@@ -29,8 +29,8 @@ def test_clopper_pearson_zero_successes_closed_form():
         assert clopper_pearson_upper(0, trials, confidence=0.95) == pytest.approx(1.0 - 0.05 ** (1.0 / trials), rel=1e-9)
 
 
-def test_zero_copy_bound_splits_error_rate():
-    assert zero_copy_bound(1000, confidence=0.95) == pytest.approx(1.0 - 0.025 ** (1.0 / 1000))
+def test_zero_copy_bound_formula():
+    assert zero_copy_bound(1000, confidence=0.95) == pytest.approx(1.0 - 0.05 ** (1.0 / 1000))
     counts = np.zeros(5000, dtype=int)
     risk = privacy_risk_index(counts, n_generated=1000, confidence=0.95)
     assert risk.estimate == 0.0
@@ -43,7 +43,7 @@ def test_minimum_generated_images_is_smallest(delta_pi):
     m = minimum_generated_images(delta_pi, confidence=0.95)
     assert zero_copy_bound(m, confidence=0.95) < delta_pi
     assert zero_copy_bound(m - 1, confidence=0.95) >= delta_pi
-    assert m == math.floor(math.log(0.025) / math.log(1.0 - delta_pi)) + 1
+    assert m == math.floor(math.log(0.05) / math.log(1.0 - delta_pi)) + 1
 
 
 def test_planted_copies_of_one_image_give_high_pi():

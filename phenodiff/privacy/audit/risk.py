@@ -6,21 +6,17 @@ is flagged as a copy of image i. Then :math:`PI = \max_i p_i`. From M generated 
 point estimate is :math:`\max_i c_i / M`. The upper bound assumes the M images are independent draws
 of the generator (for a conditional generator: with conditions drawn independently).
 
-The upper bound must hold for the maximum over all N training images at once, not only for the image
-that happened to have the most copies. It is therefore the smaller of two simultaneous bounds, with
-the error rate :math:`\alpha = 1 - \text{confidence}` split between them:
-
-- :math:`U_{total} = CP(C, M, 1 - \alpha/2)`, valid because :math:`\max_i p_i \le \sum_i p_i` and
-  :math:`C \sim \text{Binomial}(M, \sum_i p_i)`. It is tight when the copies concentrate on one image.
-- :math:`U_{each} = \max_i CP(c_i, M, 1 - \alpha/(2N))`, a Bonferroni bound over the N images. It is
-  tight when false flags spread over many images.
+The upper bound is :math:`U = \max_i CP(c_i, M, 1 - \alpha) = CP(\max_i c_i, M, 1 - \alpha)` with
+:math:`\alpha = 1 - \text{confidence}`. It bounds the maximum over all N training images at level
+:math:`1 - \alpha` without a multiplicity correction: if :math:`i^*` has the largest :math:`p_i`, then
+:math:`P(U \ge p_{i^*}) \ge P(CP(c_{i^*}, M, 1 - \alpha) \ge p_{i^*}) \ge 1 - \alpha`. A bound from the
+total count :math:`C` is never tighter at the same level, because :math:`\max_i c_i \le C`.
 
 :math:`CP(x, M, \gamma)` is the one-sided Clopper-Pearson upper bound: the :math:`\gamma` quantile of
 Beta(x + 1, M - x), and 1 when x = M (Clopper & Pearson, 1934). With zero copies,
-:math:`CP(0, M, \gamma) = 1 - (1 - \gamma)^{1/M}`, so :math:`U = 1 - (\alpha/2)^{1/M}`. This is the
-smallest bound the audit can report, and certifying :math:`PI < \delta_{PI}` needs
-:math:`M > \ln(\alpha/2) / \ln(1 - \delta_{PI})` generated images
-(:func:`minimum_generated_images`), about 7,400 for :math:`\delta_{PI} = 5 \times 10^{-4}` at 95%.
+:math:`U = 1 - \alpha^{1/M}`. This is the smallest bound the audit can report, and certifying
+:math:`PI < \delta_{PI}` needs :math:`M > \ln(\alpha) / \ln(1 - \delta_{PI})` generated images
+(:func:`minimum_generated_images`), about 6,000 for :math:`\delta_{PI} = 5 \times 10^{-4}` at 95%.
 
 Membership inference. Per-image scores (e.g. the diffusion loss) of training images (members) and
 held-out images (non-members) give an AUC by ``sklearn.metrics.roc_auc_score``. It is 0.5 when the
@@ -65,23 +61,23 @@ def clopper_pearson_upper(successes: int | np.ndarray, trials: int, *, confidenc
 
 
 def zero_copy_bound(n_generated: int, *, confidence: float = 0.95) -> float:
-    """Return the privacy-risk bound reported when none of ``n_generated`` images is a copy: 1 - (alpha/2)^(1/M)."""
+    """Return the privacy-risk bound reported when none of ``n_generated`` images is a copy: 1 - alpha^(1/M)."""
     alpha = 1.0 - _validate_confidence(confidence)
     if n_generated < 1:
         raise AuditInputError(f"n_generated must be >= 1, got {n_generated!r}.")
-    return float(-math.expm1(math.log(alpha / 2.0) / n_generated))
+    return float(-math.expm1(math.log(alpha) / n_generated))
 
 
 def minimum_generated_images(delta_pi: float, *, confidence: float = 0.95) -> int:
     """Smallest number M of generated images for which zero copies certify PI < ``delta_pi``.
 
-    That is the smallest M with 1 - (alpha/2)^(1/M) < delta_pi, i.e. M > ln(alpha/2) / ln(1 - delta_pi).
+    That is the smallest M with 1 - alpha^(1/M) < delta_pi, i.e. M > ln(alpha) / ln(1 - delta_pi).
     With any copies the bound is larger, so this is a lower limit on the audit sample.
     """
     alpha = 1.0 - _validate_confidence(confidence)
     if not (0.0 < delta_pi < 1.0):
         raise AuditInputError(f"delta_pi must lie in (0, 1), got {delta_pi!r}.")
-    limit = math.log(alpha / 2.0) / math.log1p(-delta_pi)
+    limit = math.log(alpha) / math.log1p(-delta_pi)
     m = math.floor(limit) + 1
     # Guard the boundary against rounding in the logarithms.
     while zero_copy_bound(m, confidence=confidence) >= delta_pi:
@@ -93,13 +89,11 @@ def minimum_generated_images(delta_pi: float, *, confidence: float = 0.95) -> in
 
 @dataclass
 class PrivacyRiskIndex:
-    """Estimate and simultaneous upper confidence bound of PI = max_i Pr(a generated image is a copy of training image i).
+    """Estimate and upper confidence bound of PI = max_i Pr(a generated image is a copy of training image i).
 
     Attributes:
         estimate: max_i c_i / M.
-        upper: min(U_total, U_each), see the module docstring.
-        upper_total: CP(C, M, 1 - alpha/2).
-        upper_each: max_i CP(c_i, M, 1 - alpha/(2N)).
+        upper: max_i CP(c_i, M, 1 - alpha), see the module docstring.
         confidence: Confidence level of ``upper``.
         n_generated: M, generated images audited.
         n_train: N, training images the maximum runs over.
@@ -113,8 +107,6 @@ class PrivacyRiskIndex:
 
     estimate: float
     upper: float
-    upper_total: float
-    upper_each: float
     confidence: float
     n_generated: int
     n_train: int
@@ -136,7 +128,7 @@ def privacy_risk_index(
     confidence: float = 0.95,
     delta_pi: float | None = None,
 ) -> PrivacyRiskIndex:
-    """Estimate PI with its simultaneous Clopper-Pearson upper bound from per-training-image copy counts.
+    """Estimate PI with its Clopper-Pearson upper bound from per-training-image copy counts.
 
     Args:
         copy_counts: (N,) number of flagged generated images attributed to each training image, e.g.
@@ -157,13 +149,10 @@ def privacy_risk_index(
     if np.any(counts < 0) or total > n_generated:
         raise AuditInputError(f"copy_counts must be non-negative and sum to at most n_generated={n_generated}, got a sum of {total}.")
 
-    alpha = 1.0 - confidence
     n_train = counts.size
     max_copies = int(counts.max())
-    upper_total = clopper_pearson_upper(total, n_generated, confidence=1.0 - alpha / 2.0)
-    # The maximum of the per-image bounds is reached at the largest count.
-    upper_each = clopper_pearson_upper(max_copies, n_generated, confidence=1.0 - alpha / (2.0 * n_train))
-    upper = min(upper_total, upper_each)
+    # The bound grows with the count, so the maximum of the per-image bounds is the bound at the largest count.
+    upper = clopper_pearson_upper(max_copies, n_generated, confidence=confidence)
 
     certified = minimum = None
     if delta_pi is not None:
@@ -172,8 +161,6 @@ def privacy_risk_index(
     return PrivacyRiskIndex(
         estimate=max_copies / n_generated,
         upper=float(upper),
-        upper_total=float(upper_total),
-        upper_each=float(upper_each),
         confidence=confidence,
         n_generated=n_generated,
         n_train=n_train,
