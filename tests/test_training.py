@@ -104,3 +104,16 @@ def test_recipe_with_two_processes(tmp_path):
     assert "1 process(es)" not in result.stderr
     assert (tmp_path / "ddp" / "pipeline" / "model_index.json").is_file()
     assert list_checkpoints(tmp_path / "ddp" / "diffusion" / "checkpoints")
+
+
+def test_shift_loss_trains_and_is_refused_under_dp(tmp_path, caplog):
+    config = tiny_config(tmp_path / "run").override("diffusion", {"shift_weight": 0.1, "logging_steps": 1})
+    config.diffusion.clinical_max_timestep = 1000
+    train_autoencoder(config)
+    with caplog.at_level("INFO", logger="phenodiff.training.loop"):
+        train_diffusion(config)
+    assert any(" shift " in record.getMessage() for record in caplog.records)
+
+    private = config.override("diffusion", {"enabled": True})
+    with pytest.raises(ValueError, match="shift_weight > 0 is not supported with privacy.enabled"):
+        train_diffusion(private)

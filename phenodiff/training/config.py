@@ -73,6 +73,8 @@ class DiffusionConfig(StageConfig):
     ema_decay: float = 0.999
     clinical_weight: float = 0.0  # lambda_c of the clinical feature loss
     clinical_max_timestep: int = 200  # the loss applies only where x0_hat is meaningful (t below this)
+    shift_weight: float = 0.0  # lambda_s of L_shift, the per-group sliced W1 to the real feature quantiles
+    shift_num_projections: int = 64
     validation_steps: int = 500
     validation_inference_steps: int = 25
     guidance_scale: float = 2.0
@@ -171,7 +173,7 @@ def _build(cls, values: Mapping[str, Any], source: str):
         if key == "block_out_channels":
             value = tuple(int(v) for v in value)
         elif key in ("learning_rate", "kl_weight", "feature_weight", "ema_decay", "clinical_weight", "adam_weight_decay",
-                     "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon"):
+                     "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon", "shift_weight"):
             value = float(value)
         converted[key] = value
     return cls(**converted)

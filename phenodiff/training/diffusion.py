@@ -113,6 +113,13 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
     grid_ages = tuple(float(a) for a in np.quantile(ages.numpy(), [0.25, 0.75])) if len(ages) else (schema.age.min, schema.age.max)
     grid_phenotypes, row_titles, column_titles = validation_phenotypes(list(schema.pathology.vocabulary), schema.pathology.multi_label, grid_ages)
 
+    shift_target = None
+    if cfg.shift_weight > 0:
+        if config.privacy.enabled:
+            # TODO: release the target through the Gaussian mechanism and use per-sample shift terms under DP.
+            raise ValueError("shift_weight > 0 is not supported with privacy.enabled yet; set diffusion.shift_weight to 0.")
+        shift_target = _real_shift_target(latents, train_images.groups, cfg, seed=config.seed)
+
     def compute_loss(model, batch, step):
         latent = (batch["latent_mean"] + batch["latent_std"] * torch.randn_like(batch["latent_std"])) * scaling
         noise = torch.randn_like(latent)
@@ -134,7 +141,11 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
             else:
                 clinical = denoising.new_zeros(())
             losses["clinical"] = clinical
-            losses["loss"] = denoising + cfg.clinical_weight * clinical
+            losses["loss"] = losses["loss"] + cfg.clinical_weight * clinical
+        if shift_target is not None:
+            losses["shift"] = _shift_term(noise_scheduler, noisy, prediction, timesteps, batch, shift_target, cfg,
+                                          train_images.groups, vae, scaling)
+            losses["loss"] = losses["loss"] + cfg.shift_weight * losses["shift"]
         return losses
 
     def make_pipeline(use_ema_weights: bool) -> PhenoDiffPipeline:
@@ -251,3 +262,32 @@ def _privacy_section(config, result) -> str:
         f"- Autoencoder: {autoencoder}.",
         "- The protected unit is one image; a patient with k training images is protected at the group level of k records.",
     ])
+
+
+def _real_shift_target(latents: LatentDataset, group_names, cfg, *, seed: int):
+    """Per-group quantiles of the real training latents along random directions: the fixed L_shift target.
+
+    The target is computed from the private images without noise, which is why it is refused under DP.
+    """
+    from ..alignment import SlicedQuantileTarget, random_projections
+
+    features = latents.latent_mean.flatten(1)
+    projections = random_projections(features.shape[1], cfg.shift_num_projections, seed=seed)
+    groups = [group_names[int(i)] for i in latents.images.group]
+    return SlicedQuantileTarget.from_features(features, groups, projections=projections)
+
+
+def _shift_term(noise_scheduler, noisy, prediction, timesteps, batch, target, cfg, group_names, vae, scaling):
+    """Sliced W1 between the frozen encoder's features of decoded x0_hat and the real target, per group.
+
+    Applied, like the clinical loss, only at timesteps below ``clinical_max_timestep``.
+    """
+    from ..alignment import sliced_wasserstein_to_target
+
+    mask = timesteps < cfg.clinical_max_timestep
+    if mask.sum() < 2:
+        return prediction.new_zeros(())
+    x0_hat = predicted_original(noise_scheduler, noisy[mask], prediction[mask], timesteps[mask])
+    features = vae.encode(vae.decode(x0_hat / scaling).sample).latent_dist.mean.flatten(1)
+    groups = [group_names[int(i)] for i in batch["group"][mask]]
+    return sliced_wasserstein_to_target(features, groups, target).mean
