@@ -98,11 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .data.errors import PhenodiffDataError
 
     try:
         return args.func(args)
-    except (PhenodiffDataError, FileNotFoundError) as err:
+    except (FileNotFoundError, ValueError) as err:  # the data layer's errors are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 1
 

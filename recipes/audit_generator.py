@@ -34,6 +34,13 @@ def main(argv=None) -> int:
 
     config = TrainConfig.from_yaml(args.config)
     run = Path(args.output_dir or config.output_dir)
+    if not (run / "pipeline" / "model_index.json").is_file():
+        print(f"error: no trained pipeline in {run / 'pipeline'}; train it first with recipes/train.py --config {args.config} "
+              "or pass the run folder with --output_dir.", file=sys.stderr)
+        return 2
+    if args.num_images < 1:
+        print(f"error: --num_images must be at least 1, got {args.num_images}.", file=sys.stderr)
+        return 2
     pipeline = PhenoDiffPipeline.from_pretrained(run / "pipeline")
     pipeline.set_progress_bar_config(disable=True)
     dataset = prepare_dataset(config.data, run)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from phenodiff.evaluation import conditional_fidelity
 from phenodiff.pipelines import PhenoDiffPipeline
@@ -27,11 +28,11 @@ from phenodiff.utils.io import atomic_write_json
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="The training config of the run to evaluate.")
     parser.add_argument("--output_dir", type=str, default=None, help="Run folder; defaults to the config's output_dir.")
-    parser.add_argument("--num_images", type=int, default=350, help="Generated images to score.")
-    parser.add_argument("--scorer_epochs", type=int, default=15, help="Epochs of the independent scoring classifier.")
+    parser.add_argument("--num_images", type=int, default=350, help="Generated images to score (default 350).")
+    parser.add_argument("--scorer_epochs", type=int, default=15, help="Epochs of the independent scoring classifier (default 15).")
     parser.add_argument("--scorer_backbone", type=str, default="resnet18", help="timm backbone of the scorer.")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampling steps (DDPM scheduler of the pipeline).")
     parser.add_argument("--guidance_scale", type=float, default=None, help="Classifier-free guidance weight; defaults to the config's.")
@@ -41,6 +42,13 @@ def main(argv=None) -> int:
 
     config = TrainConfig.from_yaml(args.config)
     run = Path(args.output_dir or config.output_dir)
+    if not (run / "pipeline" / "model_index.json").is_file():
+        print(f"error: no trained pipeline in {run / 'pipeline'}; train it first with recipes/train.py --config {args.config} "
+              "or pass the run folder with --output_dir.", file=sys.stderr)
+        return 2
+    if args.num_images < 1:
+        print(f"error: --num_images must be at least 1, got {args.num_images}.", file=sys.stderr)
+        return 2
     pipeline = PhenoDiffPipeline.from_pretrained(run / "pipeline")
     pipeline.set_progress_bar_config(disable=True)
     dataset = prepare_dataset(config.data, run)
@@ -56,15 +64,14 @@ def main(argv=None) -> int:
     out = run / "evaluation"
     atomic_write_json(out / "fidelity.json", result)
 
-    # Grid: up to eight generated images per requested label, one row per label.
+    # Grid: up to eight generated images per requested label, one row per label; missing tiles stay blank.
     labels = [r["pathology"] if isinstance(r["pathology"], str) else ("|".join(r["pathology"]) or "no finding") for r in requests]
-    rows = sorted(set(labels))[:10]
-    picked, titles = [], []
-    for label in rows:
+    titles = sorted(set(labels))[:10]
+    tiles = torch.ones(len(titles) * 8, *images.shape[1:])
+    for row, label in enumerate(titles):
         indices = [i for i, name in enumerate(labels) if name == label][:8]
-        picked += indices + [indices[-1]] * (8 - len(indices))
-        titles.append(label)
-    grid = images[picked].permute(0, 2, 3, 1).numpy()
+        tiles[row * 8 : row * 8 + len(indices)] = images[indices]
+    grid = tiles.permute(0, 2, 3, 1).numpy()
     save_grid_png(np.clip(grid, 0, 1), titles, [str(i + 1) for i in range(8)], out / "generated_grid.png",
                   title=f"{dataset.name}: generated images per requested label")
     print(json.dumps(result, indent=2))

@@ -195,3 +195,19 @@ def test_load_image_and_hf_dataset(make_imagefolder):
     assert hf.num_rows == 2
     assert hf[1]["pathology"] == ["nodule"]
     assert hf[0]["image"].size == (8, 8)
+
+
+def test_header_only_csv_raises(make_imagefolder):
+    root = make_imagefolder([row(0)])
+    (root / "metadata.csv").write_text("file_name,patient,age,sex,finding,view\n")
+    with pytest.raises(EmptyDatasetError, match="header but no records"):
+        load(root)
+
+
+def test_missing_patient_column_warns(make_imagefolder, caplog):
+    schema = PhenotypeSchema.from_dict({**SCHEMA.to_dict(), "columns": {k: v for k, v in SCHEMA.columns.items() if k != "patient_id"}})
+    root = make_imagefolder([row(0), row(1)])
+    with caplog.at_level("WARNING"):
+        dataset = load_pheno_dataset(schema, root)
+    assert dataset.records["patient_id"].tolist() == dataset.records["file_name"].tolist()
+    assert any("splits are made per image" in record.getMessage() for record in caplog.records)

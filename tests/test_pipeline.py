@@ -156,3 +156,9 @@ def test_model_card_and_upload_folder(tmp_path, pipe):
     assert "no formal privacy guarantee" in card.text
     assert "female 18-40" in card.text
     assert "Steps: 7" in card.text
+
+
+def test_loading_run_folder_points_to_pipeline(tmp_path, pipe):
+    pipe.save_pretrained(tmp_path / "run" / "pipeline")
+    with pytest.raises(FileNotFoundError, match="pass its pipeline/ subfolder"):
+        PhenoDiffPipeline.from_pretrained(tmp_path / "run")

@@ -210,5 +210,8 @@ def load_or_make_split(
     else:
         manifest = make_split(dataset, fractions=fractions, seed=seed)
         manifest.save(path)
-    apply_split(dataset, manifest)
+    try:
+        apply_split(dataset, manifest)
+    except SplitManifestError as err:
+        raise SplitManifestError(f"{path}: {err} (pass another --output-dir, or delete this manifest to split again)") from None
     return manifest

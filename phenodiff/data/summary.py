@@ -172,7 +172,7 @@ def plot_group_label_counts(summary: DatasetSummary, path: str | os.PathLike) ->
     for tick, group in zip(ax.get_yticklabels(), counts.index):
         if status[group] != "ok":
             tick.set_color("firebrick")
-    ax.set_title(f"{summary.dataset}: images per demographic group and label\n(red: below {summary.min_group_size} images)", fontsize=9)
+    ax.set_title(f"{summary.dataset}: images per demographic group and label\n(group names in red: fewer than {summary.min_group_size} images)", fontsize=9)
     fig.colorbar(image, ax=ax, label="log(1 + images)")
     fig.tight_layout()
     buffer = io.BytesIO()

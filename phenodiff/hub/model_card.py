@@ -26,6 +26,12 @@ NO_AUDIT_SECTION = "No memorisation audit was run for this checkpoint."
 NO_FAIRNESS_SECTION = "No fairness evaluation was run for this checkpoint."
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _group_table(dataset: PhenoDataset) -> str:
     train = dataset.subset((dataset.records["split"] == "train").to_numpy()) if "split" in dataset.records else dataset
     summary = summarize(train)
@@ -104,6 +110,7 @@ def save_pipeline_with_card(pipeline, folder: str | os.PathLike, *, config: Any,
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    os.chmod(staging, 0o777 & ~_current_umask())
     try:
         pipeline.save_pretrained(staging, safe_serialization=True)
         card = build_model_card(pipeline, config=config, dataset=dataset, metrics=metrics, **sections)

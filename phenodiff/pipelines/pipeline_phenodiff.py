@@ -71,8 +71,8 @@ class PhenoDiffPipeline(DiffusionPipeline):
             :class:`~diffusers.DPMSolverMultistepScheduler` (DPM-Solver++).
 
     Load a saved pipeline with ``PhenoDiffPipeline.from_pretrained(path)``. Plain
-    ``DiffusionPipeline.from_pretrained`` cannot import a class outside diffusers unless phenodiff is
-    installed and imported first, or ``custom_pipeline`` with ``trust_remote_code=True`` is used.
+    ``DiffusionPipeline.from_pretrained(path)`` fails (diffusers looks the class up in its own package,
+    diffusers 0.42), even after ``import phenodiff``.
     """
 
     model_cpu_offload_seq = "phenotype_encoder->unet->vae"
@@ -104,6 +104,10 @@ class PhenoDiffPipeline(DiffusionPipeline):
         if kwargs.get("use_safetensors") is False:
             raise PickleCheckpointError("use_safetensors=False is not supported: phenodiff loads only safetensors weights.")
         kwargs["use_safetensors"] = True
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir() and not (folder / "model_index.json").is_file():
+            hint = " It looks like a training run folder: pass its pipeline/ subfolder." if (folder / "pipeline").is_dir() else ""
+            raise FileNotFoundError(f"{folder} is not a saved pipeline (no model_index.json).{hint}")
         reject_pickle_files(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -119,7 +123,8 @@ class PhenoDiffPipeline(DiffusionPipeline):
             return [value]
         if isinstance(value, (list, tuple)):
             return list(value)
-        raise TypeError(f"{name} must be a single value or a list of values, got {type(value).__name__}.")
+        expected = {"age": "a number of years", "sex": "'female', 'male' or 'unknown'"}.get(name, "a value")
+        raise TypeError(f"{name} must be {expected}, a list of them, or None; got {value!r}.")
 
     def _parse_pathology_list(self, pathology: Any) -> list | None:
         multi = self.phenotype_encoder.config.multi_label

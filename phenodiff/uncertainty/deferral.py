@@ -69,9 +69,9 @@ def risk_coverage_curve(scores, losses) -> RiskCoverageCurve:
     cumulative_loss = np.cumsum(losses[order])
     # The last index of each run of equal scores: all tied images are kept together.
     last_of_run = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True])
-    kept = last_of_run + 1
-    coverage = kept / scores.size
-    risk = cumulative_loss[last_of_run] / kept
+    kept_counts = last_of_run + 1
+    coverage = kept_counts / scores.size
+    risk = cumulative_loss[last_of_run] / kept_counts
     aurc = float(np.sum(np.diff(np.r_[0.0, coverage]) * risk))
     return RiskCoverageCurve(thresholds=sorted_scores[last_of_run], coverage=coverage, risk=risk, aurc=aurc)
 
@@ -160,13 +160,13 @@ def selective_accuracy(scores, correctness, tau: float) -> dict:
         is NaN when every image is deferred.
     """
     scores, correctness = _paired_vectors(scores, correctness, "correctness")
-    deferred = scores > tau
-    kept = ~deferred
+    deferred_mask = scores > tau
+    kept_mask = ~deferred_mask
     return {
         "tau": float(tau),
-        "coverage": float(kept.mean()),
-        "kept": int(kept.sum()),
-        "deferred": int(deferred.sum()),
-        "accuracy_kept": float(correctness[kept].mean()) if kept.any() else math.nan,
+        "coverage": float(kept_mask.mean()),
+        "kept": int(kept_mask.sum()),
+        "deferred": int(deferred_mask.sum()),
+        "accuracy_kept": float(correctness[kept_mask].mean()) if kept_mask.any() else math.nan,
         "accuracy_overall": float(correctness.mean()),
     }

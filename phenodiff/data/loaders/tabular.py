@@ -87,7 +87,7 @@ def read_metadata_csv(path: str | os.PathLike) -> pd.DataFrame:
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skipinitialspace=False)
     except pd.errors.EmptyDataError:
         raise PhenodiffDataError(f"Metadata file {path} is empty; it needs a header row and at least one record.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
         raise PhenodiffDataError(f"Cannot parse metadata file {path} as CSV: {err}") from None
 
 
@@ -191,6 +191,8 @@ def build_dataset(
     path = str(metadata_path)
     _check_columns(frame, schema, path, skip=("image",) if image_names is not None else ())
     frame = frame.reset_index(drop=True)
+    if len(frame) == 0:
+        raise EmptyDatasetError(f"{path} has a header but no records; add one row per image.")
     rejections = _Rejections(frame, path, errors)
     columns = schema.columns
 
@@ -236,6 +238,10 @@ def build_dataset(
         patients = frame[columns["patient_id"]].astype(str).str.strip()
         rejections.add(patients.str.lower().isin(MISSING_STRINGS).to_numpy(), "missing patient id", patients)
     else:
+        logger.warning(
+            "%s: the schema maps no patient_id column, so every image counts as its own patient and splits are made "
+            "per image. Map the patient column (--column-map patient_id=COLUMN) if patients have several images.", path
+        )
         patients = file_names.copy()
 
     # Extra attributes
