@@ -247,3 +247,17 @@ def test_training_on_real_plus_synthetic(tmp_path):
     assert history.last()["task_loss"] > 0
     scores = evaluate_classifier(model, PhenoTorchDataset(dataset, "val", resolution=32, value_range="0,1", progress=False))
     assert set(scores["group_accuracy"]) <= set(real.groups)
+
+
+def test_training_with_single_image_last_batch():
+    """A training set of 2k + 1 images does not end in a one-image batch that BatchNorm rejects."""
+    from phenodiff.classifier import PhenoClassifier, train_classifier
+    from phenodiff.classifier.data import SyntheticImageDataset
+    from phenodiff.classifier.train import TrainConfig
+
+    images = torch.rand(5, 1, 16, 16)
+    pathology = torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 1], [1, 1]])
+    data = SyntheticImageDataset(pixel_values=images, pathology=pathology, groups=["g"] * 5, group_names=["g"])
+    model = PhenoClassifier(num_outputs=2, task="multi_label", backbone="resnet18", in_chans=1, seed=0)
+    history = train_classifier(model, data, config=TrainConfig(epochs=1, batch_size=2, progress=False))
+    assert len(history.epochs) == 1

@@ -40,10 +40,12 @@ class Predictions:
         return [self.group_names[int(i)] for i in self.groups]
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0) -> DataLoader:
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
+                drop_last: bool = False) -> DataLoader:
     """Return a DataLoader whose shuffling order is fixed by ``seed``."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
+                      drop_last=drop_last)
 
 
 @torch.no_grad()

@@ -112,7 +112,10 @@ def train_classifier(
     """
     device = torch.device(config.device)
     model.to(device)
-    loader = make_loader(train_data, batch_size=config.batch_size, shuffle=True, seed=config.seed)
+    # A last batch of one image would break BatchNorm in training mode, so incomplete batches are dropped
+    # whenever there is at least one full batch.
+    loader = make_loader(train_data, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                         drop_last=len(train_data) > config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
