@@ -67,7 +67,8 @@ def save_grid_png(images: np.ndarray, row_titles: list[str], column_titles: list
             ax.set_ylabel(row_titles[index // n_cols], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    # Leave room at the top so the title does not cover the column titles of tall grids.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
