@@ -106,13 +106,16 @@ def test_recipe_with_two_processes(tmp_path):
     assert list_checkpoints(tmp_path / "ddp" / "diffusion" / "checkpoints")
 
 
-def test_shift_loss_trains_and_is_refused_under_dp(tmp_path, caplog):
+def test_shift_and_clinical_losses_train_and_shift_is_refused_under_dp(tmp_path, caplog):
     config = tiny_config(tmp_path / "run").override("diffusion", {"shift_weight": 0.1, "logging_steps": 1})
     config.diffusion.clinical_max_timestep = 1000
+    config.diffusion.clinical_weight = 0.1
     train_autoencoder(config)
     with caplog.at_level("INFO", logger="phenodiff.training.loop"):
         train_diffusion(config)
-    assert any(" shift " in record.getMessage() for record in caplog.records)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(" shift " in message for message in messages)
+    assert any(" clinical " in message for message in messages)
 
     private = config.override("diffusion", {"enabled": True})
     with pytest.raises(ValueError, match="shift_weight > 0 is not supported with privacy.enabled"):
