@@ -162,3 +162,22 @@ def test_loading_run_folder_points_to_pipeline(tmp_path, pipe):
     pipe.save_pretrained(tmp_path / "run" / "pipeline")
     with pytest.raises(FileNotFoundError, match="pass its pipeline/ subfolder"):
         PhenoDiffPipeline.from_pretrained(tmp_path / "run")
+
+
+def test_copy_filter_withholds_copies(pipe):
+    from phenodiff.privacy.audit import CopyFilter
+
+    generated = sample(pipe, output_type="pt").images
+    unrelated = torch.rand(120, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    heldout = torch.rand(120, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+
+    memorised = CopyFilter.from_images(torch.cat([generated, unrelated]), heldout, false_flag_rate=0.05)
+    out = sample(pipe, output_type="pt", copy_filter=memorised)
+    assert out.rejected == 2
+    assert out.images.shape[0] == 0
+    assert out.phenotypes == []
+
+    clean = CopyFilter.from_images(unrelated, heldout, false_flag_rate=0.05)
+    out = sample(pipe, output_type="np", copy_filter=clean)
+    assert out.rejected == 0
+    assert out.images.shape == (2, 16, 16, 1)

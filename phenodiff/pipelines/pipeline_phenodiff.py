@@ -34,10 +34,12 @@ class PhenoDiffPipelineOutput(BaseOutput):
         images: PIL images, a numpy array (B, H, W, C) in [0, 1] or a tensor (B, C, H, W) in [0, 1].
         phenotypes: One dictionary per image with the ``age``, ``sex`` and ``pathology`` used (None where
             the attribute was left unspecified and its null token was used).
+        rejected: Generated images withheld by the copy filter (0 without one); they are not in ``images``.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     phenotypes: list[dict[str, Any]]
+    rejected: int = 0
 
 
 class PickleCheckpointError(ValueError):
@@ -224,6 +226,7 @@ class PhenoDiffPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        copy_filter=None,
     ) -> PhenoDiffPipelineOutput | tuple:
         r"""Generate images for the requested phenotypes.
 
@@ -240,6 +243,8 @@ class PhenoDiffPipeline(DiffusionPipeline):
             latents: Initial noise (B, C, h, w); drawn from ``generator`` when None.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             return_dict: Return a :class:`PhenoDiffPipelineOutput` instead of a tuple.
+            copy_filter: A :class:`~phenodiff.privacy.audit.CopyFilter`; images it flags as copies of training
+                images are removed from the output and counted in ``rejected``.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
@@ -274,9 +279,23 @@ class PhenoDiffPipeline(DiffusionPipeline):
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
             latents = self.scheduler.step(prediction, t, latents, generator=generator).prev_sample
 
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        images = self.image_processor.postprocess(images.clamp(-1, 1), output_type=output_type)
+        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        rejected = 0
+        if copy_filter is not None:
+            decision = copy_filter((images.float().cpu() + 1.0) / 2.0)
+            keep = torch.as_tensor(decision.keep)
+            rejected = int(decision.n_rejected)
+            images = images[keep.to(images.device)]
+            phenotypes = [p for p, kept in zip(phenotypes, keep.tolist()) if kept]
+            if rejected:
+                logger.warning("Copy filter withheld %d of %d generated images.", rejected, decision.n_total)
+        if len(images):
+            images = self.image_processor.postprocess(images, output_type=output_type)
+        elif output_type == "pil":
+            images = []
+        elif output_type == "np":
+            images = images.permute(0, 2, 3, 1).float().cpu().numpy()
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, phenotypes
-        return PhenoDiffPipelineOutput(images=images, phenotypes=phenotypes)
+        return PhenoDiffPipelineOutput(images=images, phenotypes=phenotypes, rejected=rejected)

@@ -22,7 +22,7 @@ from .embeddings import (
     PixelEmbedding,
     train_contrastive_encoder,
 )
-from .release import ReleaseDecision, release_filter, released
+from .release import CopyFilter, ReleaseDecision, release_filter, released
 from .report import AuditReport, GroupAudit, audit_memorisation
 from .risk import (
     PrivacyRiskIndex,
@@ -38,6 +38,7 @@ __all__ = [
     "AuditController",
     "AuditReport",
     "ContrastiveEmbedding",
+    "CopyFilter",
     "ContrastiveEncoderConfig",
     "ControllerAction",
     "CopyFlags",

@@ -99,3 +99,40 @@ def released(items: Sequence[Item], decision: ReleaseDecision) -> list[Item]:
     if len(items) != decision.n_total:
         raise AuditInputError(f"Got {len(items)} items but {decision.n_total} were screened; pass the screened images, in order.")
     return [item for item, keep in zip(items, decision.keep) if keep]
+
+
+@dataclass
+class CopyFilter:
+    """The release filter as a pipeline needs it: training embeddings, a copy threshold and the embedding.
+
+    Pass it to ``PhenoDiffPipeline(..., copy_filter=...)``: generated images flagged as copies are removed
+    from the output and only counted.
+
+    Attributes:
+        train_embeddings: (N, d) embeddings of the training images.
+        threshold: Copy threshold in the same embedding.
+        embedding: Maps (M, C, H, W) images in [0, 1] to (M, d) embeddings.
+    """
+
+    train_embeddings: torch.Tensor
+    threshold: CopyThreshold
+    embedding: Any
+
+    @classmethod
+    def from_images(cls, train_images: torch.Tensor, heldout_images: torch.Tensor, *, embedding: Any = None,
+                    false_flag_rate: float = 0.01) -> "CopyFilter":
+        """Embed (N, C, H, W) training and held-out images in [0, 1] and calibrate the threshold on the held-out ones."""
+        from .copies import calibrate_copy_threshold
+        from .embeddings import PixelEmbedding
+
+        embedding = embedding or PixelEmbedding()
+        train = embedding(train_images)
+        threshold = calibrate_copy_threshold(train_embeddings=train, heldout_embeddings=embedding(heldout_images),
+                                             false_flag_rate=false_flag_rate,
+                                             embedding=embedding.describe() if hasattr(embedding, "describe") else None)
+        return cls(train_embeddings=train, threshold=threshold, embedding=embedding)
+
+    def __call__(self, images: torch.Tensor, *, groups: Sequence[Hashable] | None = None) -> ReleaseDecision:
+        """Screen (M, C, H, W) images in [0, 1]; return the keep mask and counts."""
+        return release_filter(self.embedding(images), train_embeddings=self.train_embeddings, threshold=self.threshold,
+                              synthetic_groups=groups)
