@@ -106,3 +106,22 @@ def test_unreachable_epsilon_raises_before_training(tmp_path):
     with pytest.raises(UnreachablePrivacyTargetError):
         train_diffusion(config)
     assert not (tmp_path / "run" / "diffusion" / "checkpoints").exists() or not any((tmp_path / "run" / "diffusion" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("policy", ["raise_noise", "halt"])
+def test_forced_pi_breach_triggers_controller(tmp_path, policy):
+    # With 20 audited images and no copies the PI bound is 1 - 0.05 ** (1 / 20) = 0.14, above delta_pi.
+    config = dp_config(tmp_path / "run", max_train_steps=3, audit_steps=1, audit_num_images=20, audit_delta_pi=0.01,
+                       audit_policy=policy, audit_false_flag_rate=0.1, audit_inference_steps=2)
+    train_autoencoder(config)
+    train_diffusion(config)
+    privacy = json.loads((tmp_path / "run" / "diffusion" / "privacy.json").read_text())
+    actions = privacy["audit_actions"]
+    assert actions[0]["kind"] == policy
+    if policy == "halt":
+        assert privacy["steps"] == 1
+        assert privacy["stopped_early"]
+    else:
+        sigmas = [entry[0] for entry in privacy["ledger"]["components"][0]["history"]]
+        assert sigmas[-1] > sigmas[0]
+        assert privacy["noise_multiplier"] >= sigmas[-1]  # the last raise applies to steps not yet taken

@@ -76,6 +76,7 @@ class DPTrainingResult:
     delta: float
     stopped_early: bool
     ledger_state: dict
+    audit_actions: list = None
 
 
 def save_dp_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
@@ -136,6 +137,7 @@ def train_denoiser_dp(
     seed: int,
     resume: bool,
     after_step: Callable[[int], None] | None = None,
+    audit: Callable[[int, float], object] | None = None,
 ) -> DPTrainingResult:
     """Train ``denoiser`` with DP-SGD on ``dataset`` (a latent dataset with phenotypes).
 
@@ -150,6 +152,9 @@ def train_denoiser_dp(
         seed: Seeds Poisson sampling and the noise draws.
         resume: Continue from the latest checkpoint (its ledger continues epsilon, never from zero).
         after_step: Called with the step number after each optimizer step (EMA, validation).
+        audit: Called as ``audit(step, noise_multiplier)`` every ``privacy.audit_steps`` steps; returns a
+            :class:`~phenodiff.privacy.audit.ControllerAction`. ``raise_noise`` continues with the new noise
+            multiplier (the ledger accounts the later steps with it); ``halt`` stops training.
 
     Raises:
         UnreachablePrivacyTargetError: the target epsilon cannot be met with this data and schedule.
@@ -186,6 +191,8 @@ def train_denoiser_dp(
                 size, sample_rate, sigma, privacy.max_grad_norm, multiplicity, stage.max_train_steps, privacy.target_epsilon, delta)
     progress = tqdm(total=stage.max_train_steps, initial=step, desc="Diffusion (DP)")
     stopped_early = False
+    halted = False
+    actions = []
     while step < stage.max_train_steps:
         for batch in loader:
             if step % privacy.epsilon_check_steps == 0 and step > 0 and ledger.would_exceed(
@@ -218,22 +225,33 @@ def train_denoiser_dp(
                 progress.set_postfix(loss=f"{loss.item():.4f}")
             if after_step is not None:
                 after_step(step)
+            if audit is not None and privacy.audit_steps > 0 and step % privacy.audit_steps == 0:
+                action = audit(step, sigma)
+                actions.append(action.to_dict())
+                if action.kind == "raise_noise" and action.noise_multiplier != sigma:
+                    sigma = float(action.noise_multiplier)
+                    optimizer.noise_multiplier = sigma
+                elif action.kind == "halt":
+                    halted = True
             if step % stage.checkpointing_steps == 0 or step == stage.max_train_steps:
                 save_dp_checkpoint(checkpoint_dir / f"checkpoint-{step}", model=denoiser, optimizer=optimizer.original_optimizer,
                                    step=step, ledger=ledger, generator=generator)
                 for old in list_checkpoints(checkpoint_dir)[: -(stage.checkpoints_total_limit or 10**9)]:
                     shutil.rmtree(old, ignore_errors=True)
-            if step >= stage.max_train_steps:
+            if step >= stage.max_train_steps or halted:
                 break
-        if stopped_early:
+        if stopped_early or halted:
             break
     progress.close()
-    if stopped_early:
-        logger.warning("Stopped at step %d: the next steps would exceed target epsilon %g.", step, privacy.target_epsilon)
+    if halted:
+        logger.warning("Stopped at step %d: the memorisation audit controller halted training (%s).", step, actions[-1]["reason"])
+    if stopped_early or halted:
+        if stopped_early:
+            logger.warning("Stopped at step %d: the next steps would exceed target epsilon %g.", step, privacy.target_epsilon)
         save_dp_checkpoint(checkpoint_dir / f"checkpoint-{step}", model=denoiser, optimizer=optimizer.original_optimizer,
                            step=step, ledger=ledger, generator=generator)
     model._close()
     epsilon = ledger.total_epsilon()
     logger.info("DP training finished at step %d: epsilon %.4g at delta %.3g", step, epsilon, delta)
     return DPTrainingResult(global_step=step, noise_multiplier=sigma, sample_rate=sample_rate, epsilon=epsilon, delta=delta,
-                            stopped_early=stopped_early, ledger_state=ledger.state_dict())
+                            stopped_early=stopped_early or halted, ledger_state=ledger.state_dict(), audit_actions=actions)

@@ -94,6 +94,12 @@ class PrivacyConfig:
     pretrained_pipeline: str | None = None  # pipeline folder whose UNet and encoder initialise the DP run
     public_data: str | None = None  # what the autoencoder and pretrained weights were trained on, for the card
     epsilon_check_steps: int = 10  # steps between accountant checks against the target
+    audit_steps: int = 0  # continuous memorisation audit every N steps (0: off)
+    audit_num_images: int = 200  # generated images per audit
+    audit_delta_pi: float = 0.05  # PI threshold of the audit controller
+    audit_policy: str = "raise_noise"  # or "halt"
+    audit_false_flag_rate: float = 0.05  # copy threshold calibration on validation images
+    audit_inference_steps: int = 10
 
 
 @dataclass
@@ -173,7 +179,7 @@ def _build(cls, values: Mapping[str, Any], source: str):
         if key == "block_out_channels":
             value = tuple(int(v) for v in value)
         elif key in ("learning_rate", "kl_weight", "feature_weight", "ema_decay", "clinical_weight", "adam_weight_decay",
-                     "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon", "shift_weight"):
+                     "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon", "shift_weight", "audit_delta_pi", "audit_false_flag_rate"):
             value = float(value)
         converted[key] = value
     return cls(**converted)

@@ -187,13 +187,19 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
 
     privacy_section = None
     if config.privacy.enabled:
+        audit = None
+        if config.privacy.audit_steps > 0:
+            from ..privacy.audit.pipeline_audit import make_training_audit
+
+            audit = make_training_audit(lambda: make_pipeline(use_ema_weights=False), dataset,
+                                        resolution=config.data.resolution, privacy=config.privacy, seed=config.seed)
         result = _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step,
-                           resume_from_checkpoint)
+                           resume_from_checkpoint, audit)
         privacy_section = _privacy_section(config, result)
         atomic_write_json(stage_dir / "privacy.json", {"epsilon": result.epsilon, "delta": result.delta,
                                                        "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
                                                        "steps": result.global_step, "stopped_early": result.stopped_early,
-                                                       "ledger": result.ledger_state})
+                                                       "audit_actions": result.audit_actions, "ledger": result.ledger_state})
     else:
         params = [p for p in denoiser.parameters() if p.requires_grad]
         result = run_loop(
@@ -232,7 +238,8 @@ def _load_pretrained_denoiser(folder: str | Path, schema):
     return unet, encoder
 
 
-def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step, resume_from_checkpoint):
+def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step, resume_from_checkpoint,
+              audit=None):
     from ..privacy.dp_diffusion import train_denoiser_dp
 
     if accelerator.num_processes > 1:
@@ -240,7 +247,7 @@ def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, ac
     return train_denoiser_dp(
         denoiser=denoiser, dataset=latents, noise_scheduler=noise_scheduler, scaling=scaling, privacy=config.privacy,
         stage=config.diffusion, checkpoint_dir=stage_dir / "checkpoints", seed=config.seed,
-        resume=resume_from_checkpoint is not None, after_step=after_step,
+        resume=resume_from_checkpoint is not None, after_step=after_step, audit=audit,
     )
 
 

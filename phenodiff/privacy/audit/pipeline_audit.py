@@ -147,3 +147,46 @@ def write_audit_into_card(card_path: str | Path, section: str) -> None:
     if not pattern.search(text):
         raise ValueError(f"{path} has no '## Memorisation audit' section to fill.")
     atomic_write_text(path, pattern.sub(lambda m: m.group(1) + section + m.group(3), text, count=1))
+
+
+def make_training_audit(pipeline_factory, dataset: PhenoDataset, *, resolution: int, privacy, seed: int = 0):
+    """Build the continuous audit that DP training calls every ``privacy.audit_steps`` steps.
+
+    Each call generates ``privacy.audit_num_images`` images for training-split phenotypes with the current
+    weights, flags copies against a threshold calibrated once on the validation split, estimates PI with its
+    upper bound and lets an :class:`~.controller.AuditController` decide to continue, raise the noise
+    multiplier or halt. ``pipeline_factory()`` returns a pipeline with the current weights.
+    """
+    from ...evaluation.fidelity import generate_for_requests
+    from .controller import AuditController
+    from .release import CopyFilter
+    from .risk import privacy_risk_index
+
+    train = PhenoTorchDataset(dataset, "train", resolution=resolution, value_range="0,1", progress=False)
+    val = PhenoTorchDataset(dataset, "val", resolution=resolution, value_range="0,1", progress=False)
+    copy_filter = CopyFilter.from_images(train.pixel_values, val.pixel_values, false_flag_rate=privacy.audit_false_flag_rate)
+    controller = AuditController(delta_pi=privacy.audit_delta_pi, policy=privacy.audit_policy)
+    records = dataset.records[dataset.records["split"] == "train"].reset_index(drop=True)
+    schema = dataset.schema
+
+    def audit(step: int, noise_multiplier: float):
+        rng = np.random.default_rng(seed + step)
+        requests = []
+        for index in rng.choice(len(records), size=privacy.audit_num_images, replace=True):
+            row = records.iloc[index]
+            labels = list(row["pathology"])
+            age = None if np.isnan(row["age"]) else float(np.clip(row["age"], schema.age.min, schema.age.max))
+            requests.append({"age": age, "sex": None if row["sex"] == "unknown" else row["sex"],
+                             "pathology": labels if schema.pathology.multi_label else labels[0]})
+        images = generate_for_requests(pipeline_factory(), requests, batch_size=64,
+                                       num_inference_steps=privacy.audit_inference_steps, guidance_scale=1.0, seed=seed + step)
+        flags = flag_copies(copy_filter.embedding(images), train_embeddings=copy_filter.train_embeddings,
+                            threshold=copy_filter.threshold)
+        counts = np.bincount(np.asarray(flags.nearest_index)[np.asarray(flags.flagged)], minlength=len(train))
+        risk = privacy_risk_index(counts, n_generated=len(requests))
+        action = controller.decide(pi_estimate=risk.estimate, pi_upper=risk.upper, noise_multiplier=noise_multiplier,
+                                   n_generated=len(requests), step=step)
+        logger.info("Audit at step %d: %d copies of %d, PI upper %.4g -> %s", step, int(counts.sum()), len(requests), risk.upper, action.kind)
+        return action
+
+    return audit
