@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo summary test test-fast clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/phenodiff summary --dataset phantom --output-dir outputs/demo
+	$(BIN)/phenodiff protocol --config recipes/configs/protocol_phantom.yaml --seeds 3 --output-dir outputs/demo
+
+summary: install
+	$(BIN)/phenodiff summary --dataset phantom --output-dir outputs/summary-phantom
 
 test: install
 	$(BIN)/python -m pytest -q

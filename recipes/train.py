@@ -46,7 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--logging_steps", type=int, default=None, help="Log losses, learning rate and images/s every N steps.")
     parser.add_argument("--seed", type=int, default=None, help="Training seed.")
     parser.add_argument("--pretrained_vae_path", type=str, default=None, help="Use this autoencoder instead of OUTPUT_DIR/autoencoder/model.")
-    parser.add_argument("--dp", dest="enabled", action="store_true", default=None, help="Train stage 2 with DP-SGD (opacus).")
+    parser.add_argument("--dp", dest="enabled", action="store_true", default=None,
+                        help="Train stage 2 with DP-SGD (opacus), and stage 1 too when --autoencoder_epsilon is set.")
+    parser.add_argument("--autoencoder_epsilon", type=float, default=None,
+                        help="Share of --target_epsilon for DP-SGD on the autoencoder; the denoiser gets the rest.")
     parser.add_argument("--target_epsilon", type=float, default=None, help="Total epsilon the DP run may spend.")
     parser.add_argument("--target_delta", type=float, default=None, help="Delta of the DP guarantee (default 1/(10 N)).")
     parser.add_argument("--noise_multiplicity", type=int, default=None, help="Noise and timestep draws per example under DP.")

@@ -125,3 +125,18 @@ def test_forced_pi_breach_triggers_controller(tmp_path, policy):
         sigmas = [entry[0] for entry in privacy["ledger"]["components"][0]["history"]]
         assert sigmas[-1] > sigmas[0]
         assert privacy["noise_multiplier"] >= sigmas[-1]  # the last raise applies to steps not yet taken
+
+
+def test_dp_autoencoder_shares_the_target(tmp_path):
+    config = dp_config(tmp_path / "run", max_train_steps=2, autoencoder_epsilon=2.0)
+    config = config.override("autoencoder", {"max_train_steps": 2})
+    train_autoencoder(config)
+    autoencoder = json.loads((tmp_path / "run" / "autoencoder" / "privacy.json").read_text())
+    assert 0 < autoencoder["epsilon"] <= 2.0
+    train_diffusion(config)
+    privacy = json.loads((tmp_path / "run" / "diffusion" / "privacy.json").read_text())
+    names = [component["name"] for component in privacy["ledger"]["components"]]
+    assert names == ["autoencoder", "unet+phenotype_encoder"]
+    assert autoencoder["epsilon"] < privacy["epsilon"] <= 8.0
+    card = (tmp_path / "run" / "pipeline" / "README.md").read_text()
+    assert "- Autoencoder: DP-SGD (opacus) on the private images" in card

@@ -39,8 +39,13 @@ def test_config_overrides_and_errors():
 
 
 def test_recipe_configs_parse():
+    from phenodiff.protocol import load_protocol_config
+
     for path in sorted((REPO / "recipes" / "configs").glob("*.yaml")):
-        config = TrainConfig.from_yaml(path)
+        if path.name.startswith("protocol_"):
+            config, _ = load_protocol_config(path)
+        else:
+            config = TrainConfig.from_yaml(path)
         assert config.diffusion.max_train_steps > 0, path
 
 

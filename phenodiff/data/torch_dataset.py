@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
@@ -16,6 +18,35 @@ from .schema import SEXES
 def sex_index(sex: str) -> int:
     """Index of a canonical sex in :data:`phenodiff.data.schema.SEXES` (female 0, male 1, unknown 2)."""
     return SEXES.index(sex)
+
+
+# Resized images already read in this process, so that the stages of one run read each file once. The key
+# includes the file's modification time, so a rewritten file is read again.
+_RESIZED: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_RESIZED_MAX_BYTES = 1 << 30
+_resized_bytes = 0
+
+
+def _cache_key(row, resolution: int, channels: int) -> tuple | None:
+    path = row["image_path"]
+    if not isinstance(path, str):
+        return None
+    try:
+        modified = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return (path, modified, str(row.get("slice_axis")), str(row.get("slice_index")), int(resolution), int(channels))
+
+
+def _remember(key: tuple | None, image: torch.Tensor) -> None:
+    global _resized_bytes
+    if key is None:
+        return
+    _RESIZED[key] = image
+    _resized_bytes += image.numel() * image.element_size()
+    while _resized_bytes > _RESIZED_MAX_BYTES and _RESIZED:
+        _, old = _RESIZED.popitem(last=False)
+        _resized_bytes -= old.numel() * old.element_size()
 
 
 class PhenoTorchDataset(torch.utils.data.Dataset):
@@ -65,7 +96,12 @@ class PhenoTorchDataset(torch.utils.data.Dataset):
 
         images = []
         for i in tqdm(range(len(dataset)), desc=f"Loading {dataset.name} {split or 'all'}", disable=not progress or len(dataset) < 500, leave=False):
-            images.append(self._resize(dataset.load_image(i)))
+            key = _cache_key(dataset.records.iloc[i], resolution, dataset.schema.channels)
+            image = _RESIZED.get(key)
+            if image is None:
+                image = self._resize(dataset.load_image(i))
+                _remember(key, image)
+            images.append(image)
         pixels = torch.stack(images)
         self.pixel_values = pixels * 2.0 - 1.0 if value_range == "-1,1" else pixels
 

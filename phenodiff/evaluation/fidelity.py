@@ -47,7 +47,7 @@ class FidelityReport:
     frechet_train_vs_test: float
     num_generated: int
     scorer_backbone: str
-    scorer_epochs: int
+    scorer_epochs: int | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,19 +128,38 @@ def conditional_fidelity(
     """
     schema = dataset.schema
     train = PhenoTorchDataset(dataset, "train", resolution=resolution, value_range="0,1")
-    test = PhenoTorchDataset(dataset, "test", resolution=resolution, value_range="0,1")
     scorer = PhenoClassifier.from_schema(schema, backbone=scorer_backbone, seed=seed)
     train_classifier(scorer, train, config=ClassifierTrainConfig(epochs=scorer_epochs, seed=seed, progress=False))
 
     requests = requested_phenotypes(dataset, num_images=num_images, seed=seed)
     images = generate_for_requests(pipeline, requests, batch_size=batch_size, num_inference_steps=num_inference_steps,
                                    guidance_scale=guidance_scale, seed=seed)
-    vocabulary = list(schema.pathology.vocabulary)
+    report = score_generated(scorer, dataset, images, requests, resolution=resolution, scorer_epochs=scorer_epochs)
+    return report, images, requests
+
+
+def requests_to_multi_hot(requests: list[dict], vocabulary: list[str]) -> torch.Tensor:
+    """Return the (N, L) multi-hot labels of phenotype requests (a label name or a list of names each)."""
     requested = torch.zeros(len(requests), len(vocabulary))
     for i, request in enumerate(requests):
-        labels = request["pathology"] if isinstance(request["pathology"], list) else [request["pathology"]]
+        labels = request["pathology"] if isinstance(request["pathology"], (list, tuple)) else [request["pathology"]]
         for label in labels:
             requested[i, vocabulary.index(label)] = 1.0
+    return requested
+
+
+def score_generated(scorer: PhenoClassifier, dataset: PhenoDataset, images: torch.Tensor, requests: list[dict], *,
+                    resolution: int, scorer_epochs: int | None = None) -> FidelityReport:
+    """Score generated images (N, C, H, W) in [0, 1] against their requests with a classifier trained on real images only.
+
+    The scorer must never have seen generated images. Its score on the real test split is reported beside the
+    score on the generated images, and the Frechet distance uses its penultimate features.
+    """
+    schema = dataset.schema
+    train = PhenoTorchDataset(dataset, "train", resolution=resolution, value_range="0,1", progress=False)
+    test = PhenoTorchDataset(dataset, "test", resolution=resolution, value_range="0,1", progress=False)
+    vocabulary = list(schema.pathology.vocabulary)
+    requested = requests_to_multi_hot(requests, vocabulary)
     generated = SyntheticImageDataset(pixel_values=images, pathology=requested, groups=[test.groups[0]] * len(requests),
                                       group_names=test.groups)
 
@@ -168,11 +187,11 @@ def conditional_fidelity(
         frechet_generated_vs_test=float(frechet_distance(test_features, _features(scorer, generated))),
         frechet_train_vs_test=float(frechet_distance(test_features, _features(scorer, train))),
         num_generated=len(requests),
-        scorer_backbone=scorer_backbone,
+        scorer_backbone=scorer.config["backbone"],
         scorer_epochs=scorer_epochs,
     )
     logger.info("Conditional fidelity (%s): generated %.3f, real test %.3f, chance %.3f", metric, generated_value, real_value, chance)
-    return report, images, requests
+    return report
 
 
 def _per_label_auroc(probabilities: np.ndarray, targets: np.ndarray, vocabulary: list[str]) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..data.dataset import PhenoDataset
 from ..data.summary import summarize
+from ..utils.io import atomic_write_text
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "phenodiff_template.md"
 DATASET_LICENSES = {"ham10000": "cc-by-nc-sa-4.0"}
@@ -136,3 +138,13 @@ def push_pipeline_folder(folder: str | os.PathLike, repo_id: str, *, token: str 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload phenodiff pipeline"))
+
+
+def replace_card_section(card_path: str | os.PathLike, heading: str, body: str) -> None:
+    """Replace the body of the card's ``## heading`` section (up to the next ``## `` heading or the end) with ``body``."""
+    path = Path(card_path)
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(r"(## " + re.escape(heading) + r"\n\n)(.*?)(\n\n## |\Z)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{path} has no '## {heading}' section to fill.")
+    atomic_write_text(path, pattern.sub(lambda m: m.group(1) + body.strip() + m.group(3), text, count=1))

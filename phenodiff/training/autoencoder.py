@@ -90,11 +90,15 @@ def train_autoencoder(config: TrainConfig, *, resume_from_checkpoint: str | None
         loss = reconstruction_loss + ae.feature_weight * feature_loss + ae.kl_weight * kl
         return {"loss": loss, "l1": reconstruction_loss, "gradient": feature_loss, "kl": kl}
 
-    result = run_loop(
-        accelerator=accelerator, model=AutoencoderForTraining(vae), params=list(vae.parameters()), dataset=train, config=ae,
-        stage_dir=stage_dir, seed=config.seed, compute_loss=compute_loss,
-        resume_from_checkpoint=resume_from_checkpoint, description="Autoencoder",
-    )
+    privacy = config.privacy
+    if privacy.enabled and privacy.autoencoder_epsilon is not None and not privacy.public_data:
+        result = _train_dp(config, vae, train, stage_dir, accelerator, resume_from_checkpoint)
+    else:
+        result = run_loop(
+            accelerator=accelerator, model=AutoencoderForTraining(vae), params=list(vae.parameters()), dataset=train, config=ae,
+            stage_dir=stage_dir, seed=config.seed, compute_loss=compute_loss,
+            resume_from_checkpoint=resume_from_checkpoint, description="Autoencoder",
+        )
     accelerator.wait_for_everyone()
     final = stage_dir / "model"
     if accelerator.is_main_process:
@@ -104,8 +108,25 @@ def train_autoencoder(config: TrainConfig, *, resume_from_checkpoint: str | None
         test_stats = evaluate_autoencoder(vae, test)
         vae.save_pretrained(final, safe_serialization=True)
         metrics = {"global_step": result.global_step, "train_psnr_db": stats["psnr_db"], "test_psnr_db": test_stats["psnr_db"],
-                   "scaling_factor": vae.config.scaling_factor, "resumed_from": result.resumed_from}
+                   "scaling_factor": vae.config.scaling_factor, "resumed_from": getattr(result, "resumed_from", None),
+                   "epsilon": getattr(result, "component_epsilon", None)}
         atomic_write_json(stage_dir / "metrics.json", metrics)
         logger.info("Autoencoder saved to %s: test PSNR %.2f dB", final, test_stats["psnr_db"])
     finish_trackers(accelerator)
     return final
+
+
+def _train_dp(config: TrainConfig, vae: AutoencoderKL, train, stage_dir: Path, accelerator, resume_from_checkpoint):
+    """Train the autoencoder with DP-SGD to its share of the target epsilon and write its ledger to privacy.json."""
+    from ..privacy.dp_autoencoder import train_autoencoder_dp, write_autoencoder_privacy
+
+    if accelerator.num_processes > 1:
+        raise ValueError("DP training runs in one process; launch without --multi_gpu/--num_processes for privacy.enabled.")
+    ae = config.autoencoder
+    result = train_autoencoder_dp(
+        model=AutoencoderForTraining(vae), dataset=train, privacy=config.privacy, stage=ae, checkpoint_dir=stage_dir / "checkpoints",
+        seed=config.seed, resume=resume_from_checkpoint is not None,
+        loss_weights={"gradient": ae.feature_weight, "kl": ae.kl_weight},
+    )
+    write_autoencoder_privacy(stage_dir, result)
+    return result

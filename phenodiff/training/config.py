@@ -82,7 +82,7 @@ class DiffusionConfig(StageConfig):
 
 @dataclass
 class PrivacyConfig:
-    """DP-SGD settings for stage 2 (phenotype encoder and UNet); off by default."""
+    """DP-SGD settings (phenotype encoder and UNet, and the autoencoder when it has a share); off by default."""
 
     enabled: bool = False
     target_epsilon: float = 10.0
@@ -93,6 +93,7 @@ class PrivacyConfig:
     trainable: str = "all"  # or "attention_and_conditioning" (DP fine-tuning of a pretrained denoiser)
     pretrained_pipeline: str | None = None  # pipeline folder whose UNet and encoder initialise the DP run
     public_data: str | None = None  # what the autoencoder and pretrained weights were trained on, for the card
+    autoencoder_epsilon: float | None = None  # share of target_epsilon for DP-SGD on the autoencoder (None: no DP there)
     epsilon_check_steps: int = 10  # steps between accountant checks against the target
     audit_steps: int = 0  # continuous memorisation audit every N steps (0: off)
     audit_num_images: int = 200  # generated images per audit
@@ -154,7 +155,7 @@ class TrainConfig:
                 data[key] = value
             elif key in data["data"]:
                 data["data"][key] = value
-            elif key in data["privacy"] and stage != "autoencoder":
+            elif key in data["privacy"] and not (stage == "autoencoder" and key in stage_keys):
                 data["privacy"][key] = value
             elif stage == "all" or key in stage_keys:
                 applied = False
@@ -179,7 +180,8 @@ def _build(cls, values: Mapping[str, Any], source: str):
         if key == "block_out_channels":
             value = tuple(int(v) for v in value)
         elif key in ("learning_rate", "kl_weight", "feature_weight", "ema_decay", "clinical_weight", "adam_weight_decay",
-                     "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon", "shift_weight", "audit_delta_pi", "audit_false_flag_rate"):
+                     "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon", "shift_weight", "audit_delta_pi", "audit_false_flag_rate",
+                     "autoencoder_epsilon") and value is not None:
             value = float(value)
         converted[key] = value
     return cls(**converted)

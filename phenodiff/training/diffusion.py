@@ -193,9 +193,13 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
 
             audit = make_training_audit(lambda: make_pipeline(use_ema_weights=False), dataset,
                                         resolution=config.data.resolution, privacy=config.privacy, seed=config.seed)
+        from ..privacy.dp_autoencoder import load_autoencoder_ledger
+
+        vae_folder = Path(pretrained_vae_path or output_dir / "autoencoder" / "model").parent
+        autoencoder_ledger = load_autoencoder_ledger(vae_folder)
         result = _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step,
-                           resume_from_checkpoint, audit)
-        privacy_section = _privacy_section(config, result)
+                           resume_from_checkpoint, audit, autoencoder_ledger)
+        privacy_section = _privacy_section(config, result, autoencoder_dp=autoencoder_ledger is not None)
         atomic_write_json(stage_dir / "privacy.json", {"epsilon": result.epsilon, "delta": result.delta,
                                                        "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
                                                        "steps": result.global_step, "stopped_early": result.stopped_early,
@@ -239,7 +243,7 @@ def _load_pretrained_denoiser(folder: str | Path, schema):
 
 
 def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step, resume_from_checkpoint,
-              audit=None):
+              audit=None, ledger=None):
     from ..privacy.dp_diffusion import train_denoiser_dp
 
     if accelerator.num_processes > 1:
@@ -247,28 +251,37 @@ def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, ac
     return train_denoiser_dp(
         denoiser=denoiser, dataset=latents, noise_scheduler=noise_scheduler, scaling=scaling, privacy=config.privacy,
         stage=config.diffusion, checkpoint_dir=stage_dir / "checkpoints", seed=config.seed,
-        resume=resume_from_checkpoint is not None, after_step=after_step, audit=audit,
+        resume=resume_from_checkpoint is not None, after_step=after_step, audit=audit, ledger=ledger,
     )
 
 
-def _privacy_section(config, result) -> str:
+def _privacy_section(config, result, *, autoencoder_dp: bool = False) -> str:
     """Model card text stating the epsilon of every component that saw the private images."""
     privacy = config.privacy
-    autoencoder = (
-        f"trained on public data ({privacy.public_data}); it did not see the private images"
-        if privacy.public_data
-        else "trained on the private images **without** differential privacy: epsilon is unbounded for it, so the "
-        "release as a whole has no formal guarantee unless the autoencoder is replaced by one trained on public data"
-    )
+    components = {entry["name"]: entry for entry in result.ledger_state.get("components", [])}
+    if privacy.public_data:
+        autoencoder = f"trained on public data ({privacy.public_data}); it did not see the private images"
+    elif autoencoder_dp:
+        autoencoder = (f"DP-SGD (opacus) on the private images, epsilon = {result.epsilon - result.component_epsilon:.3f} of the "
+                       f"total; the ledger composes it with the denoiser's")
+    else:
+        autoencoder = ("trained on the private images **without** differential privacy: epsilon is unbounded for it, so the "
+                       "release as a whole has no formal guarantee unless the autoencoder is replaced by one trained on public data "
+                       "or trained with DP (privacy.autoencoder_epsilon)")
     stop = " Training stopped early to stay within the target." if result.stopped_early else ""
-    return "\n".join([
-        f"- Phenotype encoder + UNet: DP-SGD (opacus), epsilon = {result.epsilon:.3f} at delta = {result.delta:.2e} "
-        f"({privacy.accountant} accountant), noise multiplier {result.noise_multiplier:.3f}, clipping bound "
-        f"{privacy.max_grad_norm}, sampling rate {result.sample_rate:.4f}, {result.global_step} steps, noise multiplicity "
-        f"{privacy.noise_multiplicity}, trainable parameters: {privacy.trainable}.{stop}",
+    lines = [
+        f"- Total: epsilon = {result.epsilon:.3f} at delta = {result.delta:.2e} per component (basic composition over "
+        f"{len(components)} DP component(s), {privacy.accountant} accountant).",
+        f"- Phenotype encoder + UNet: DP-SGD (opacus), epsilon = {result.component_epsilon:.3f}, noise multiplier "
+        f"{result.noise_multiplier:.3f}, clipping bound {privacy.max_grad_norm}, sampling rate {result.sample_rate:.4f}, "
+        f"{result.global_step} steps, noise multiplicity {privacy.noise_multiplicity}, trainable parameters: {privacy.trainable}.{stop}",
         f"- Autoencoder: {autoencoder}.",
-        "- The protected unit is one image; a patient with k training images is protected at the group level of k records.",
-    ])
+    ]
+    if privacy.pretrained_pipeline:
+        lines.append(f"- Initialisation: the UNet and phenotype encoder start from {privacy.pretrained_pipeline}, trained without DP on "
+                     f"{privacy.public_data or 'data the config does not name'}; only the fine-tuning above saw the private images.")
+    lines.append("- The protected unit is one image; a patient with k training images is protected at the group level of k records.")
+    return "\n".join(lines)
 
 
 def _real_shift_target(latents: LatentDataset, group_names, cfg, *, seed: int):

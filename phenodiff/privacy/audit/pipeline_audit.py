@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +72,6 @@ def audit_pipeline(
     """
     from ...evaluation.fidelity import generate_for_requests
 
-    train = PhenoTorchDataset(dataset, "train", resolution=resolution, value_range="0,1", progress=False)
-    val = PhenoTorchDataset(dataset, "val", resolution=resolution, value_range="0,1", progress=False)
-    test = PhenoTorchDataset(dataset, "test", resolution=resolution, value_range="0,1", progress=False)
-
     rng = np.random.default_rng(seed)
     records = dataset.records[dataset.records["split"] == "train"].reset_index(drop=True)
     schema = dataset.schema
@@ -90,20 +85,46 @@ def audit_pipeline(
         groups.append(row["group"])
     synthetic = generate_for_requests(pipeline, requests, batch_size=64, num_inference_steps=num_inference_steps,
                                       guidance_scale=guidance_scale, seed=seed)
+    return audit_generated(pipeline, dataset, synthetic, groups, resolution=resolution, false_flag_rate=false_flag_rate,
+                           delta_pi=delta_pi, confidence=confidence, seed=seed)
 
+
+def audit_generated(
+    pipeline,
+    dataset: PhenoDataset,
+    synthetic: torch.Tensor,
+    synthetic_groups: list[str],
+    *,
+    resolution: int,
+    false_flag_rate: float = 0.01,
+    delta_pi: float | None = 0.01,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[AuditReport, np.ndarray]:
+    """Audit images that ``pipeline`` already generated, (M, C, H, W) in [0, 1], for copies of training images.
+
+    The copy threshold is calibrated on the validation split at ``false_flag_rate`` in the standardised
+    pixel embedding; membership inference compares the diffusion loss of training and test images.
+
+    Returns the report and the (M,) boolean copy flags.
+    """
+    train = PhenoTorchDataset(dataset, "train", resolution=resolution, value_range="0,1", progress=False)
+    val = PhenoTorchDataset(dataset, "val", resolution=resolution, value_range="0,1", progress=False)
+    test = PhenoTorchDataset(dataset, "test", resolution=resolution, value_range="0,1", progress=False)
     embed = PixelEmbedding()
     train_embeddings, val_embeddings, synthetic_embeddings = embed(train.pixel_values), embed(val.pixel_values), embed(synthetic)
     threshold = calibrate_copy_threshold(train_embeddings=train_embeddings, heldout_embeddings=val_embeddings,
                                          false_flag_rate=false_flag_rate, embedding=embed.describe())
     members = diffusion_loss_scores(pipeline, train, seed=seed)
     nonmembers = diffusion_loss_scores(pipeline, test, seed=seed)
+    records = dataset.records
+    train_groups = list(records.loc[records["split"] == "train", "group"])
     report = audit_memorisation(
         train_embeddings=train_embeddings, synthetic_embeddings=synthetic_embeddings, threshold=threshold,
         confidence=confidence, delta_pi=delta_pi, member_scores=members, nonmember_scores=nonmembers,
-        train_groups=list(dataset.records.loc[dataset.records["split"] == "train", "group"]), synthetic_groups=groups,
-        member_groups=list(dataset.records.loc[dataset.records["split"] == "train", "group"]),
-        nonmember_groups=list(dataset.records.loc[dataset.records["split"] == "test", "group"]),
-        min_group_size=schema.groups.min_group_size,
+        train_groups=train_groups, synthetic_groups=list(synthetic_groups), member_groups=train_groups,
+        nonmember_groups=list(records.loc[records["split"] == "test", "group"]),
+        min_group_size=dataset.schema.groups.min_group_size,
     )
     flags = flag_copies(synthetic_embeddings, train_embeddings=train_embeddings, threshold=threshold)
     return report, np.asarray(flags.flagged)
@@ -139,14 +160,9 @@ def audit_section(report: AuditReport) -> str:
 
 def write_audit_into_card(card_path: str | Path, section: str) -> None:
     """Replace the body of the card's "Memorisation audit" section with ``section``."""
-    from ...utils.io import atomic_write_text
+    from ...hub.model_card import replace_card_section
 
-    path = Path(card_path)
-    text = path.read_text(encoding="utf-8")
-    pattern = re.compile(r"(## Memorisation audit\n\n)(.*?)(\n\n## )", re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{path} has no '## Memorisation audit' section to fill.")
-    atomic_write_text(path, pattern.sub(lambda m: m.group(1) + section + m.group(3), text, count=1))
+    replace_card_section(card_path, "Memorisation audit", section)
 
 
 def make_training_audit(pipeline_factory, dataset: PhenoDataset, *, resolution: int, privacy, seed: int = 0):
