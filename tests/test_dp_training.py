@@ -136,7 +136,9 @@ def test_dp_autoencoder_shares_the_target(tmp_path):
     train_diffusion(config)
     privacy = json.loads((tmp_path / "run" / "diffusion" / "privacy.json").read_text())
     names = [component["name"] for component in privacy["ledger"]["components"]]
-    assert names == ["autoencoder", "unet+phenotype_encoder"]
+    assert names == ["autoencoder", "latent_scale", "unet+phenotype_encoder"]
     assert autoencoder["epsilon"] < privacy["epsilon"] <= 8.0
     card = (tmp_path / "run" / "pipeline" / "README.md").read_text()
     assert "- Autoencoder: DP-SGD (opacus) on the private images" in card
+    scaling = json.loads((tmp_path / "run" / "autoencoder" / "model" / "config.json").read_text())["scaling_factor"]
+    assert scaling > 0

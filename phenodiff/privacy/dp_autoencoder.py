@@ -18,11 +18,17 @@ import torch.nn.functional as F
 from ..utils.io import atomic_write_json
 from .accounting import PrivacyLedger
 from .dp_sgd import DPTrainingResult, train_dp_sgd
+from .errors import UnreachablePrivacyTargetError
 
 logger = logging.getLogger(__name__)
 
 DP_COMPONENT = "autoencoder"
 PRIVACY_FILE = "privacy.json"
+# The latent scaling factor is released with this much of the autoencoder's epsilon share. Each image's
+# mean squared latent is clipped to SCALE_CLIP; the released variance is floored at SCALE_FLOOR.
+SCALE_EPSILON = 0.25
+SCALE_CLIP = 4.0
+SCALE_FLOOR = 1e-4
 
 
 def train_autoencoder_dp(*, model: torch.nn.Module, dataset, privacy, stage, checkpoint_dir: Path, seed: int,
@@ -35,8 +41,14 @@ def train_autoencoder_dp(*, model: torch.nn.Module, dataset, privacy, stage, che
     """
     from ..training.autoencoder import image_gradient_loss
 
-    # The autoencoder's budget is its share; the continuous audit applies to the denoiser only.
-    capped = dataclasses.replace(privacy, target_epsilon=float(privacy.autoencoder_epsilon), audit_steps=0)
+    share = float(privacy.autoencoder_epsilon)
+    if share <= SCALE_EPSILON:
+        raise UnreachablePrivacyTargetError(
+            f"privacy.autoencoder_epsilon {share:g} leaves nothing for DP-SGD after the latent scale release "
+            f"(epsilon {SCALE_EPSILON}); give the autoencoder a share above {SCALE_EPSILON}."
+        )
+    # DP-SGD gets the share minus the latent scale release; the continuous audit applies to the denoiser only.
+    capped = dataclasses.replace(privacy, target_epsilon=share - SCALE_EPSILON, audit_steps=0)
 
     def backward(grad_model, batch):
         pixels = batch["pixel_values"]
@@ -53,12 +65,35 @@ def train_autoencoder_dp(*, model: torch.nn.Module, dataset, privacy, stage, che
     )
 
 
-def write_autoencoder_privacy(folder: Path, result: DPTrainingResult) -> Path:
+@torch.no_grad()
+def release_latent_scale(vae, dataset, result: DPTrainingResult, *, seed: int, batch_size: int = 128) -> tuple[float, PrivacyLedger]:
+    """Release the latent scaling factor 1 / std of the training latents with the Gaussian mechanism.
+
+    Each image contributes the mean square of its latent mean, clipped to ``SCALE_CLIP`` (so one image
+    moves the sum by at most that much); the noisy mean over the public training-set size gives the
+    variance, and the factor is its inverse square root. The release is composed into the autoencoder's
+    ledger. Returns the factor and the updated ledger.
+    """
+    from .gaussian_mechanism import release_mean
+
+    squares = []
+    for start in range(0, len(dataset), batch_size):
+        pixels = dataset.pixel_values[start : start + batch_size].to(vae.device)
+        squares.append(vae.encode(pixels).latent_dist.mean.float().pow(2).flatten(1).mean(1, keepdim=True).cpu())
+    ledger = PrivacyLedger.from_state_dict(result.ledger_state)
+    release = release_mean(torch.cat(squares), clip_norm=SCALE_CLIP, epsilon=SCALE_EPSILON, delta=ledger.delta,
+                           public_count=len(dataset), ledger=ledger, name="latent_scale",
+                           generator=torch.Generator().manual_seed(seed))
+    variance = max(float(release.values["all"][0]), SCALE_FLOOR)
+    return variance ** -0.5, ledger
+
+
+def write_autoencoder_privacy(folder: Path, result: DPTrainingResult, ledger: PrivacyLedger) -> Path:
     """Write the autoencoder's ledger, so the diffusion stage composes its own epsilon with it."""
-    return atomic_write_json(folder / PRIVACY_FILE, {"epsilon": result.epsilon, "delta": result.delta,
+    return atomic_write_json(folder / PRIVACY_FILE, {"epsilon": ledger.total_epsilon(), "delta": result.delta,
                                                       "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
                                                       "steps": result.global_step, "stopped_early": result.stopped_early,
-                                                      "ledger": result.ledger_state})
+                                                      "ledger": ledger.state_dict()})
 
 
 def load_autoencoder_ledger(folder: Path) -> PrivacyLedger | None:

@@ -103,7 +103,16 @@ def train_autoencoder(config: TrainConfig, *, resume_from_checkpoint: str | None
     final = stage_dir / "model"
     if accelerator.is_main_process:
         stats = evaluate_autoencoder(vae, train)
-        vae.register_to_config(scaling_factor=1.0 / max(stats["latent_std"], 1e-6))
+        if hasattr(result, "ledger_state"):
+            # Under DP the factor is a Gaussian-mechanism release, composed into the autoencoder's ledger.
+            from ..privacy.dp_autoencoder import release_latent_scale, write_autoencoder_privacy
+
+            scaling, ledger = release_latent_scale(vae, train, result, seed=config.seed)
+            vae.register_to_config(scaling_factor=scaling)
+            write_autoencoder_privacy(stage_dir, result, ledger)
+            result.component_epsilon = ledger.total_epsilon()
+        else:
+            vae.register_to_config(scaling_factor=1.0 / max(stats["latent_std"], 1e-6))
         test = torch_split(dataset, "test", config.data.resolution)
         test_stats = evaluate_autoencoder(vae, test)
         vae.save_pretrained(final, safe_serialization=True)
@@ -117,8 +126,8 @@ def train_autoencoder(config: TrainConfig, *, resume_from_checkpoint: str | None
 
 
 def _train_dp(config: TrainConfig, vae: AutoencoderKL, train, stage_dir: Path, accelerator, resume_from_checkpoint):
-    """Train the autoencoder with DP-SGD to its share of the target epsilon and write its ledger to privacy.json."""
-    from ..privacy.dp_autoencoder import train_autoencoder_dp, write_autoencoder_privacy
+    """Train the autoencoder with DP-SGD to its share of the target epsilon (its ledger is written after the scale release)."""
+    from ..privacy.dp_autoencoder import train_autoencoder_dp
 
     if accelerator.num_processes > 1:
         raise ValueError("DP training runs in one process; launch without --multi_gpu/--num_processes for privacy.enabled.")
@@ -128,5 +137,4 @@ def _train_dp(config: TrainConfig, vae: AutoencoderKL, train, stage_dir: Path, a
         seed=config.seed, resume=resume_from_checkpoint is not None,
         loss_weights={"gradient": ae.feature_weight, "kl": ae.kl_weight},
     )
-    write_autoencoder_privacy(stage_dir, result)
     return result

@@ -262,8 +262,9 @@ def _privacy_section(config, result, *, autoencoder_dp: bool = False) -> str:
     if privacy.public_data:
         autoencoder = f"trained on public data ({privacy.public_data}); it did not see the private images"
     elif autoencoder_dp:
-        autoencoder = (f"DP-SGD (opacus) on the private images, epsilon = {result.epsilon - result.component_epsilon:.3f} of the "
-                       f"total; the ledger composes it with the denoiser's")
+        autoencoder = (f"DP-SGD (opacus) on the private images, with its latent scaling factor released through the Gaussian "
+                       f"mechanism, epsilon = {result.epsilon - result.component_epsilon:.3f} for both; the ledger composes it with "
+                       "the denoiser's")
     else:
         autoencoder = ("trained on the private images **without** differential privacy: epsilon is unbounded for it, so the "
                        "release as a whole has no formal guarantee unless the autoencoder is replaced by one trained on public data "
