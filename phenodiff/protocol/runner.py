@@ -110,18 +110,24 @@ class Protocol:
         return {"generator": self.base.to_dict(), "protocol": self.settings.to_dict()}
 
     def _check_config_matches(self) -> None:
-        path = self.output_dir / "config.yaml"
-        resolved = self._resolved_config()
+        """Write the config file's settings into the run folder, or check that they match the ones already there.
+
+        The comparison covers what the file (and ``--data-dir``) set, so that a new option with a default in
+        a later phenodiff version does not invalidate finished stages.
+        """
+        path = self.output_dir / "requested_config.yaml"
+        requested = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        requested.setdefault("data", {})["data_dir"] = self.base.data.data_dir
         if path.is_file():
-            previous = yaml.safe_load(path.read_text(encoding="utf-8"))
-            if previous != yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False)):
+            if yaml.safe_load(path.read_text(encoding="utf-8")) != requested:
                 raise ValueError(
                     f"{self.output_dir} contains a protocol run made with another config ({path}); its stages cannot be reused. "
                     "Pass another --output-dir, or delete that folder to start again."
                 )
         else:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write_text(path, yaml.safe_dump(requested, sort_keys=False))
+        atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(self._resolved_config(), sort_keys=False))
 
     def _arm_config(self, overrides: dict, folder: Path, seed: int) -> TrainConfig:
         config = arm_config(self.base, overrides, output_dir=folder, seed=seed)
