@@ -11,6 +11,7 @@ from phenodiff.alignment import (
     groupwise_sliced_wasserstein,
     midpoint_levels,
     per_sample_shift_terms,
+    per_sample_terms_from_reference,
     precision_recall_density_coverage,
     random_projections,
     shift_loss,
@@ -179,6 +180,35 @@ def test_per_sample_terms_skip_unknown_group():
     assert float(terms[1]) == 0.0
     distance = sliced_wasserstein_to_target(torch.randn(3, 2), ["a", "z", "a"], target)
     assert "z" in distance.skipped
+
+
+def test_reference_terms_ignore_other_samples():
+    generator = torch.Generator().manual_seed(4)
+    projections = random_projections(3, 5, seed=1)
+    target = SlicedQuantileTarget.from_features(torch.randn(200, 3, generator=generator), ["a"] * 200, projections=projections)
+    reference = {"a": torch.randn(40, 3, generator=generator) @ projections}
+    batch = torch.randn(6, 3, generator=generator)
+    changed = batch.clone()
+    changed[1:] = 10 * torch.randn(5, 3, generator=generator)
+
+    alone, _ = per_sample_terms_from_reference(batch[:1], ["a"], target, reference)
+    with_batch, _ = per_sample_terms_from_reference(batch, ["a"] * 6, target, reference)
+    with_changed, _ = per_sample_terms_from_reference(changed, ["a"] * 6, target, reference)
+    assert float(with_batch[0]) == pytest.approx(float(alone[0]))
+    assert float(with_changed[0]) == pytest.approx(float(alone[0]))
+
+
+def test_reference_terms_vanish_when_reference_is_target():
+    projections = random_projections(2, 3, seed=2)
+    real = torch.randn(4000, 2, generator=torch.Generator().manual_seed(5))
+    target = SlicedQuantileTarget.from_features(real, ["a"] * 4000, projections=projections, num_quantiles=64)
+    shifted = real[:500] + 3.0
+    reference = {"a": real @ projections}
+    terms_real, covered = per_sample_terms_from_reference(real[:500], ["a"] * 500, target, reference)
+    terms_shifted, _ = per_sample_terms_from_reference(shifted, ["a"] * 500, target, {"a": shifted @ projections})
+    assert bool(covered.all())
+    assert float(terms_real.mean()) < 0.05
+    assert float(terms_shifted.mean()) > 1.0
 
 
 def test_shift_loss_scales_distance():

@@ -142,3 +142,23 @@ def test_dp_autoencoder_shares_the_target(tmp_path):
     assert "- Autoencoder: DP-SGD (opacus) on the private images" in card
     scaling = json.loads((tmp_path / "run" / "autoencoder" / "model" / "config.json").read_text())["scaling_factor"]
     assert scaling > 0
+
+
+def test_dp_shift_target_is_released_and_accounted(tmp_path):
+    config = dp_config(tmp_path / "run", max_train_steps=2, shift_epsilon=1.0, shift_weight=1.0, clinical_max_timestep=100)
+    train_autoencoder(config)
+    train_diffusion(config)
+    privacy = json.loads((tmp_path / "run" / "diffusion" / "privacy.json").read_text())
+    components = {component["name"]: component for component in privacy["ledger"]["components"]}
+    assert set(components) == {"shift_target", "unet+phenotype_encoder"}
+    assert components["shift_target"]["releases"][0]["epsilon"] == 1.0
+    assert 1.0 < privacy["epsilon"] <= 8.0
+    assert (tmp_path / "run" / "diffusion" / "shift_target" / "target.safetensors").is_file()
+    card = (tmp_path / "run" / "pipeline" / "README.md").read_text()
+    assert "- shift_target: Gaussian mechanism release" in card
+
+    resumed = dp_config(tmp_path / "run", max_train_steps=3, shift_epsilon=1.0, shift_weight=1.0, clinical_max_timestep=100)
+    train_diffusion(resumed, resume_from_checkpoint="latest")
+    again = json.loads((tmp_path / "run" / "diffusion" / "privacy.json").read_text())
+    releases = [c for c in again["ledger"]["components"] if c["name"] == "shift_target"][0]["releases"]
+    assert len(releases) == 1  # the resumed run reused the target instead of releasing it again

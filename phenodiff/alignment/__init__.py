@@ -13,6 +13,7 @@ from .target import (
     SlicedQuantileTarget,
     midpoint_levels,
     per_sample_shift_terms,
+    per_sample_terms_from_reference,
     shift_loss,
     sliced_wasserstein_to_target,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "groupwise_sliced_wasserstein",
     "midpoint_levels",
     "per_sample_shift_terms",
+    "per_sample_terms_from_reference",
     "precision_recall_density_coverage",
     "random_projections",
     "shift_loss",

@@ -299,6 +299,14 @@ class PhenotypeSchema:
         """Return the demographic group label, for example ``"female 40-65"``."""
         return f"{sex} {self.age_band(age)}"
 
+    def group_bounds(self, group: str) -> tuple[str, float, float]:
+        """Return the sex and the age band edges (years) of a declared group such as ``"female 40-65"``."""
+        edges = dict(zip(self.age_band_labels, zip(self.groups.age_bands, self.groups.age_bands[1:])))
+        sex, _, band = group.partition(" ")
+        if band not in edges:
+            raise ValueError(f"Group {group!r} has no age band of schema {self.name!r}; its bands are {list(edges)}.")
+        return sex, float(edges[band][0]), float(edges[band][1])
+
     def declared_groups(self) -> list[str]:
         """Groups that always appear in summaries (female and male in every band), so empty ones are visible."""
         return [f"{sex} {band}" for sex in ("female", "male") for band in self.age_band_labels]

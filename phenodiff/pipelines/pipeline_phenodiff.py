@@ -241,13 +241,15 @@ class PhenoDiffPipeline(DiffusionPipeline):
             num_inference_steps: Denoising steps.
             generator: Torch generator(s) for reproducible sampling.
             latents: Initial noise (B, C, h, w); drawn from ``generator`` when None.
-            output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (the scaled latents, not decoded).
             return_dict: Return a :class:`PhenoDiffPipelineOutput` instead of a tuple.
             copy_filter: A :class:`~phenodiff.privacy.audit.CopyFilter`; images it flags as copies of training
                 images are removed from the output and counted in ``rejected``.
         """
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
+        if output_type == "latent" and copy_filter is not None:
+            raise ValueError("copy_filter screens decoded images; use output_type 'pil', 'np' or 'pt' with it.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
         if num_inference_steps < 1:
@@ -278,6 +280,12 @@ class PhenoDiffPipeline(DiffusionPipeline):
                 unconditional, conditional = prediction.chunk(2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
             latents = self.scheduler.step(prediction, t, latents, generator=generator).prev_sample
+
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            if not return_dict:
+                return latents, phenotypes
+            return PhenoDiffPipelineOutput(images=latents, phenotypes=phenotypes, rejected=0)
 
         images = self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
         rejected = 0

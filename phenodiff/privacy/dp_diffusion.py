@@ -65,6 +65,8 @@ def train_denoiser_dp(
     ledger: PrivacyLedger | None = None,
     after_step: Callable[[int], None] | None = None,
     audit: Callable[[int, float], object] | None = None,
+    shift: Callable[..., torch.Tensor] | None = None,
+    shift_weight: float = 0.0,
 ) -> DPTrainingResult:
     """Train ``denoiser`` with DP-SGD on ``dataset`` (a latent dataset with phenotypes).
 
@@ -81,6 +83,9 @@ def train_denoiser_dp(
         ledger: The DP autoencoder's ledger when it has one; the denoiser gets the rest of the target.
         after_step: Called with the step number after each optimizer step (EMA, validation).
         audit: The continuous memorisation audit, see :func:`~phenodiff.privacy.dp_sgd.train_dp_sgd`.
+        shift: Per-row L_shift terms, called as ``shift(noisy, prediction, timesteps, groups)``; each row's term
+            must depend on that row alone (see :class:`~phenodiff.training.dp_shift.DPShiftLoss`).
+        shift_weight: lambda_s; the loss is the mean over rows of the denoising loss + lambda_s x the term.
 
     Raises:
         UnreachablePrivacyTargetError: the target epsilon cannot be met with this data and schedule.
@@ -102,6 +107,8 @@ def train_denoiser_dp(
         target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latent, noise, timesteps)
         prediction = model(noisy, timesteps, repeat(batch["age"]), repeat(batch["sex"]), repeat(batch["pathology"]))
         loss = F.mse_loss(prediction, target)
+        if shift is not None and shift_weight > 0:
+            loss = loss + shift_weight * shift(noisy, prediction, timesteps, repeat(batch["group"])).mean()
         loss.backward()
         average_multiplicity_grad_samples(params, multiplicity)
         return loss

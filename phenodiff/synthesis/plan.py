@@ -130,16 +130,13 @@ def _allocate(frame: pd.DataFrame, budget: int, target: str) -> list[int]:
 
 def _phenotype_columns(frame: pd.DataFrame, schema: PhenotypeSchema) -> pd.DataFrame:
     """Add the phenotype that generates each cell: sex, age band edges and the pathology tuple."""
-    edges = dict(zip(schema.age_band_labels, zip(schema.groups.age_bands, schema.groups.age_bands[1:])))
     none_names = set(schema.label_names()) - set(schema.pathology.vocabulary)
     sexes, lows, highs, pathologies = [], [], [], []
     for group, label in zip(frame["group"], frame["label"]):
-        sex, _, band = group.partition(" ")
-        if band not in edges:
-            raise ValueError(f"Group {group!r} has no age band of schema {schema.name!r}; its bands are {list(edges)}.")
+        sex, low, high = schema.group_bounds(group)
         sexes.append(sex)
-        lows.append(edges[band][0])
-        highs.append(edges[band][1])
+        lows.append(low)
+        highs.append(high)
         pathologies.append(() if label in none_names else (label,))
     return frame.assign(sex=sexes, age_min=lows, age_max=highs, pathology=pathologies)
 

@@ -94,6 +94,11 @@ class PrivacyConfig:
     pretrained_pipeline: str | None = None  # pipeline folder whose UNet and encoder initialise the DP run
     public_data: str | None = None  # what the autoencoder and pretrained weights were trained on, for the card
     autoencoder_epsilon: float | None = None  # share of target_epsilon for DP-SGD on the autoencoder (None: no DP there)
+    shift_epsilon: float = 1.0  # share of target_epsilon for releasing the L_shift target (when diffusion.shift_weight > 0)
+    shift_projections: int = 4  # directions of the released target; the histogram's sensitivity is sqrt of this
+    shift_bound: float = 4.0  # public range [-bound, bound] of the projected scaled latents
+    shift_bins: int = 10
+    shift_quantiles: int = 8
     epsilon_check_steps: int = 10  # steps between accountant checks against the target
     audit_steps: int = 0  # continuous memorisation audit every N steps (0: off)
     audit_num_images: int = 200  # generated images per audit
@@ -181,7 +186,7 @@ def _build(cls, values: Mapping[str, Any], source: str):
             value = tuple(int(v) for v in value)
         elif key in ("learning_rate", "kl_weight", "feature_weight", "ema_decay", "clinical_weight", "adam_weight_decay",
                      "max_grad_norm", "guidance_scale", "attribute_dropout", "target_epsilon", "shift_weight", "audit_delta_pi", "audit_false_flag_rate",
-                     "autoencoder_epsilon") and value is not None:
+                     "autoencoder_epsilon", "shift_epsilon", "shift_bound") and value is not None:
             value = float(value)
         converted[key] = value
     return cls(**converted)

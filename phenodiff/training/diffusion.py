@@ -17,6 +17,7 @@ from ..pipelines.pipeline_phenodiff import PhenoDiffPipeline, reject_pickle_file
 from ..utils.io import atomic_write_json
 from .config import TrainConfig
 from .data import prepare_dataset, torch_split
+from .checkpoints import list_checkpoints
 from .loop import finish_trackers, make_accelerator, run_loop
 from .models import ConditionalDenoiser, build_encoder, build_noise_scheduler, build_unet
 from .validation import sample_grid, save_grid_png, validation_phenotypes
@@ -114,10 +115,7 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
     grid_phenotypes, row_titles, column_titles = validation_phenotypes(list(schema.pathology.vocabulary), schema.pathology.multi_label, grid_ages)
 
     shift_target = None
-    if cfg.shift_weight > 0:
-        if config.privacy.enabled:
-            # TODO: release the target through the Gaussian mechanism and use per-sample shift terms under DP.
-            raise ValueError("shift_weight > 0 is not supported with privacy.enabled yet; set diffusion.shift_weight to 0.")
+    if cfg.shift_weight > 0 and not config.privacy.enabled:
         shift_target = _real_shift_target(latents, train_images.groups, cfg, seed=config.seed)
 
     def compute_loss(model, batch, step):
@@ -193,12 +191,25 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
 
             audit = make_training_audit(lambda: make_pipeline(use_ema_weights=False), dataset,
                                         resolution=config.data.resolution, privacy=config.privacy, seed=config.seed)
+        from ..privacy.accounting import PrivacyLedger
         from ..privacy.dp_autoencoder import load_autoencoder_ledger
 
         vae_folder = Path(pretrained_vae_path or output_dir / "autoencoder" / "model").parent
         autoencoder_ledger = load_autoencoder_ledger(vae_folder)
+        privacy = config.privacy
+        ledger = autoencoder_ledger or PrivacyLedger(
+            delta=privacy.target_delta if privacy.target_delta is not None else 1.0 / (10.0 * len(latents)),
+            accountant=privacy.accountant, dataset_size=len(latents))
+        shift = None
+        if cfg.shift_weight > 0:
+            from .dp_shift import build_dp_shift
+
+            # A resumed run reads the target it released before (the checkpoint's ledger has that release).
+            shift = build_dp_shift(config, latents, train_images.groups, ledger, lambda: make_pipeline(use_ema_weights=False),
+                                   noise_scheduler, scaling, schema, folder=stage_dir / "shift_target",
+                                   reuse=resume_from_checkpoint is not None and bool(list_checkpoints(stage_dir / "checkpoints")))
         result = _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step,
-                           resume_from_checkpoint, audit, autoencoder_ledger)
+                           resume_from_checkpoint, audit, ledger, shift)
         privacy_section = _privacy_section(config, result, autoencoder_dp=autoencoder_ledger is not None)
         atomic_write_json(stage_dir / "privacy.json", {"epsilon": result.epsilon, "delta": result.delta,
                                                        "noise_multiplier": result.noise_multiplier, "sample_rate": result.sample_rate,
@@ -243,7 +254,7 @@ def _load_pretrained_denoiser(folder: str | Path, schema):
 
 
 def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, accelerator, after_step, resume_from_checkpoint,
-              audit=None, ledger=None):
+              audit=None, ledger=None, shift=None):
     from ..privacy.dp_diffusion import train_denoiser_dp
 
     if accelerator.num_processes > 1:
@@ -252,6 +263,7 @@ def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, ac
         denoiser=denoiser, dataset=latents, noise_scheduler=noise_scheduler, scaling=scaling, privacy=config.privacy,
         stage=config.diffusion, checkpoint_dir=stage_dir / "checkpoints", seed=config.seed,
         resume=resume_from_checkpoint is not None, after_step=after_step, audit=audit, ledger=ledger,
+        shift=shift, shift_weight=config.diffusion.shift_weight,
     )
 
 
@@ -278,6 +290,10 @@ def _privacy_section(config, result, *, autoencoder_dp: bool = False) -> str:
         f"{result.global_step} steps, noise multiplicity {privacy.noise_multiplicity}, trainable parameters: {privacy.trainable}.{stop}",
         f"- Autoencoder: {autoencoder}.",
     ]
+    for name, entry in components.items():
+        if entry.get("mechanism") == "gaussian" and name != "latent_scale":
+            lines.append(f"- {name}: Gaussian mechanism release of a statistic of the private images (clipped to a public bound), "
+                         f"epsilon = {sum(release['epsilon'] for release in entry.get('releases', [])):.3f}.")
     if privacy.pretrained_pipeline:
         lines.append(f"- Initialisation: the UNet and phenotype encoder start from {privacy.pretrained_pipeline}, trained without DP on "
                      f"{privacy.public_data or 'data the config does not name'}; only the fine-tuning above saw the private images.")
