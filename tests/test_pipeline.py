@@ -87,7 +87,8 @@ def test_guidance_changes_output(pipe):
         ({"age": [30, 40, 50], "sex": ["female", "male"]}, ValueError, "same length"),
         ({"pathology": 5}, TypeError, "pathology must be"),
         ({"num_images_per_prompt": 0}, ValueError, "positive integer"),
-        ({"output_type": "latent"}, ValueError, "output_type"),
+        ({"output_type": "latents"}, ValueError, "output_type"),
+        ({"extras": {"view": "PA"}}, ValueError, "Unknown extra attribute 'view'"),
     ],
 )
 def test_bad_phenotype_input(pipe, kwargs, error, message):
@@ -181,3 +182,21 @@ def test_copy_filter_withholds_copies(pipe):
     out = sample(pipe, output_type="np", copy_filter=clean)
     assert out.rejected == 0
     assert out.images.shape == (2, 16, 16, 1)
+
+
+def test_extra_attribute_conditions_samples():
+    pipe = tiny_pipeline()
+    encoder = PhenotypeEncoder(pathology_vocabulary=VOCAB, multi_label=True, cross_attention_dim=16, age_min=18, age_max=90,
+                               extra_vocabularies={"view": ["PA", "AP"]})
+    torch.nn.init.normal_(encoder.extra_embeddings["view"].weight, std=3.0)
+    pipe = PhenoDiffPipeline(vae=pipe.vae, unet=pipe.unet, phenotype_encoder=encoder, scheduler=pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+
+    pa = sample(pipe, extras={"view": "PA"}, guidance_scale=1.0).images
+    ap = sample(pipe, extras={"view": "AP"}, guidance_scale=1.0).images
+    unspecified = sample(pipe, extras={"view": None}, guidance_scale=1.0).images
+    omitted = sample(pipe, guidance_scale=1.0).images
+    assert not np.allclose(pa, ap)
+    np.testing.assert_allclose(unspecified, omitted)
+    with pytest.raises(ValueError, match="valid values are \\['PA', 'AP'\\]"):
+        pipe(extras={"view": "LL"}, num_inference_steps=1)

@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -85,6 +86,10 @@ def test_diffusion_resume_keeps_ema_and_writes_pipeline(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     assert (tmp_path / "run" / "diffusion" / "samples" / "step-000004.png").is_file()
     assert (tmp_path / "run" / "pipeline" / "README.md").is_file()
+    # The phantom schema declares the extra attribute view (PA), which the encoder embeds and training passes.
+    encoder_config = json.loads((tmp_path / "run" / "pipeline" / "phenotype_encoder" / "config.json").read_text())
+    assert encoder_config["extra_vocabularies"] == {"view": ["PA"]}
+    assert any(name.startswith("extra_embeddings.view") for name in weights(tmp_path / "run" / "pipeline" / "phenotype_encoder"))
 
 
 def test_resume_from_missing_checkpoint(tmp_path):
@@ -111,7 +116,7 @@ def test_recipe_with_two_processes(tmp_path):
     assert list_checkpoints(tmp_path / "ddp" / "diffusion" / "checkpoints")
 
 
-def test_shift_and_clinical_losses_train_and_shift_is_refused_under_dp(tmp_path, caplog):
+def test_shift_and_clinical_losses_train(tmp_path, caplog):
     config = tiny_config(tmp_path / "run").override("diffusion", {"shift_weight": 0.1, "logging_steps": 1})
     config.diffusion.clinical_max_timestep = 1000
     config.diffusion.clinical_weight = 0.1
@@ -121,7 +126,3 @@ def test_shift_and_clinical_losses_train_and_shift_is_refused_under_dp(tmp_path,
     messages = [record.getMessage() for record in caplog.records]
     assert any(" shift " in message for message in messages)
     assert any(" clinical " in message for message in messages)
-
-    private = config.override("diffusion", {"enabled": True})
-    with pytest.raises(ValueError, match="shift_weight > 0 is not supported with privacy.enabled"):
-        train_diffusion(private)

@@ -113,6 +113,12 @@ class PhenoTorchDataset(torch.utils.data.Dataset):
         self.label = torch.tensor(first, dtype=torch.long)
         group_index = {g: i for i, g in enumerate(self.groups)}
         self.group = torch.tensor([group_index[g] for g in records["group"]], dtype=torch.long)
+        # Value indices of the extra attributes with a declared vocabulary, -1 where a record has no valid value.
+        self.extras = {
+            name: torch.tensor([spec.values.index(v) if v in spec.values else -1 for v in records[name].astype(str)], dtype=torch.long)
+            for name, spec in dataset.schema.extras.items()
+            if spec.values and name in records
+        }
 
     def _resize(self, image: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))

@@ -148,7 +148,7 @@ class PhenotypeEncoder(ModelMixin, ConfigMixin):
             age: (B,) float years, NaN for a missing age.
             sex: (B,) long index into ``("female", "male", "unknown")``.
             pathology: (B, L) float multi-hot over ``pathology_vocabulary``.
-            extras: Extra attribute name -> (B,) long value index.
+            extras: Extra attribute name -> (B,) long value index, -1 where the value is missing (null token).
             given: Attribute name -> (B,) bool; False selects the attribute's null token.
             conditioning_dropout: Replace attributes by null tokens at random (training only).
             generator: Random generator for the dropout draws.
@@ -173,7 +173,8 @@ class PhenotypeEncoder(ModelMixin, ConfigMixin):
         tokens.append(pathology_tokens)
         for name in self.extra_names:
             if name in extras:
-                tokens.append(self.extra_embeddings[name](extras[name].long())[:, None])
+                # A negative index marks a value missing for that example; its token is replaced by null below.
+                tokens.append(self.extra_embeddings[name](extras[name].long().clamp(min=0))[:, None])
             else:
                 tokens.append(torch.zeros(batch, 1, dim, device=device, dtype=age_token.dtype))
         spans = [1, 1, pathology_tokens.shape[1]] + [1] * len(self.extra_names)
@@ -184,6 +185,8 @@ class PhenotypeEncoder(ModelMixin, ConfigMixin):
             keep = self._keep_mask(name, given, batch, device, conditioning_dropout, generator)
             if absent:
                 keep = torch.zeros_like(keep)
+            elif name in extras:
+                keep = keep & (extras[name].to(device) >= 0)
             null = self._null(name, batch, device)[:, None].expand(-1, spans[i], -1)
             tokens[i] = torch.where(keep[:, None, None], tokens[i], null)
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import PIL.Image
@@ -145,7 +145,28 @@ class PhenoDiffPipeline(DiffusionPipeline):
             )
         return self._as_list("pathology", pathology, lambda v: isinstance(v, str))
 
-    def check_phenotypes(self, age=None, sex=None, pathology=None) -> list[dict[str, Any]]:
+    @property
+    def extra_vocabularies(self) -> dict[str, list[str]]:
+        return {name: list(values) for name, values in (self.phenotype_encoder.config.extra_vocabularies or {}).items()}
+
+    def _parse_extras(self, extras: Mapping[str, Any] | None) -> dict[str, list]:
+        if extras is None:
+            return {}
+        if not isinstance(extras, Mapping):
+            raise TypeError(f"extras must be a mapping from attribute name to a value or a list of values, got {extras!r}.")
+        known = self.extra_vocabularies
+        parsed = {}
+        for name, value in extras.items():
+            if name not in known:
+                raise ValueError(f"Unknown extra attribute {name!r}; this model embeds {sorted(known)}.")
+            values = self._as_list(name, value, lambda v: isinstance(v, str)) or [None]
+            invalid = [v for v in values if v is not None and v not in known[name]]
+            if invalid:
+                raise ValueError(f"Invalid value(s) {invalid} for extra attribute {name!r}; valid values are {known[name]} or None.")
+            parsed[name] = values
+        return parsed
+
+    def check_phenotypes(self, age=None, sex=None, pathology=None, extras=None) -> list[dict[str, Any]]:
         """Validate and broadcast the requested phenotypes; return one dictionary per phenotype.
 
         Raises:
@@ -156,8 +177,10 @@ class PhenoDiffPipeline(DiffusionPipeline):
         ages = self._as_list("age", age, lambda v: isinstance(v, Real) and not isinstance(v, bool))
         sexes = self._as_list("sex", sex, lambda v: isinstance(v, str))
         labels = self._parse_pathology_list(pathology)
+        extra_lists = self._parse_extras(extras)
 
-        lengths = {name: len(v) for name, v in (("age", ages), ("sex", sexes), ("pathology", labels)) if v is not None}
+        lengths = {name: len(v) for name, v in (("age", ages), ("sex", sexes), ("pathology", labels), *extra_lists.items())
+                   if v is not None}
         batch = max(lengths.values(), default=1)
         mismatched = {name: n for name, n in lengths.items() if n not in (1, batch)}
         if mismatched:
@@ -166,6 +189,8 @@ class PhenoDiffPipeline(DiffusionPipeline):
         phenotypes = []
         for i in range(batch):
             entry: dict[str, Any] = {"age": None, "sex": None, "pathology": None}
+            if extra_lists:
+                entry["extras"] = {name: values[i if len(values) > 1 else 0] for name, values in extra_lists.items()}
             if ages is not None:
                 value = ages[i if len(ages) > 1 else 0]
                 if value is not None:
@@ -210,7 +235,12 @@ class PhenoDiffPipeline(DiffusionPipeline):
             "sex": torch.tensor([p["sex"] is not None for p in phenotypes], device=device),
             "pathology": torch.tensor([p["pathology"] is not None for p in phenotypes], device=device),
         }
-        return {"age": age, "sex": sex, "pathology": pathology, "given": given}
+        extras = {}
+        for name, vocabulary in self.extra_vocabularies.items():
+            if any(name in p.get("extras", {}) for p in phenotypes):
+                values = [p.get("extras", {}).get(name) for p in phenotypes]
+                extras[name] = torch.tensor([-1 if v is None else vocabulary.index(v) for v in values], device=device)
+        return {"age": age, "sex": sex, "pathology": pathology, "extras": extras, "given": given}
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -227,6 +257,7 @@ class PhenoDiffPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         copy_filter=None,
+        extras: Mapping[str, Any] | None = None,
     ) -> PhenoDiffPipelineOutput | tuple:
         r"""Generate images for the requested phenotypes.
 
@@ -245,6 +276,8 @@ class PhenoDiffPipeline(DiffusionPipeline):
             return_dict: Return a :class:`PhenoDiffPipelineOutput` instead of a tuple.
             copy_filter: A :class:`~phenodiff.privacy.audit.CopyFilter`; images it flags as copies of training
                 images are removed from the output and counted in ``rejected``.
+            extras: Extra attribute name (e.g. ``"view_position"``) -> a value or a list of values (None leaves
+                it unspecified); only attributes with a declared vocabulary are embedded.
         """
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
@@ -255,7 +288,7 @@ class PhenoDiffPipeline(DiffusionPipeline):
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
         device = self._execution_device
-        phenotypes = [p for p in self.check_phenotypes(age, sex, pathology) for _ in range(num_images_per_prompt)]
+        phenotypes = [p for p in self.check_phenotypes(age, sex, pathology, extras) for _ in range(num_images_per_prompt)]
         batch = len(phenotypes)
 
         tokens = self.phenotype_encoder(**self.phenotype_tensors(phenotypes, device))

@@ -105,7 +105,8 @@ def train_denoiser_dp(
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latent.shape[0],), device=latent.device)
         noisy = noise_scheduler.add_noise(latent, noise, timesteps)
         target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latent, noise, timesteps)
-        prediction = model(noisy, timesteps, repeat(batch["age"]), repeat(batch["sex"]), repeat(batch["pathology"]))
+        extras = {key[len("extra_"):]: repeat(value) for key, value in batch.items() if key.startswith("extra_")}
+        prediction = model(noisy, timesteps, repeat(batch["age"]), repeat(batch["sex"]), repeat(batch["pathology"]), extras=extras)
         loss = F.mse_loss(prediction, target)
         if shift is not None and shift_weight > 0:
             loss = loss + shift_weight * shift(noisy, prediction, timesteps, repeat(batch["group"])).mean()

@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import prepare_dataset, torch_split
 from .checkpoints import list_checkpoints
 from .loop import finish_trackers, make_accelerator, run_loop
-from .models import ConditionalDenoiser, build_encoder, build_noise_scheduler, build_unet
+from .models import ConditionalDenoiser, batch_extras, build_encoder, build_noise_scheduler, build_unet
 from .validation import sample_grid, save_grid_png, validation_phenotypes
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class LatentDataset(torch.utils.data.Dataset):
         item = self.images[index]
         item["latent_mean"] = self.latent_mean[index]
         item["latent_std"] = self.latent_std[index]
+        for name, values in self.images.extras.items():
+            item[f"extra_{name}"] = values[index]
         return item
 
 
@@ -124,7 +126,8 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latent.shape[0],), device=latent.device)
         noisy = noise_scheduler.add_noise(latent, noise, timesteps)
         target = noise if cfg.prediction_type == "epsilon" else noise_scheduler.get_velocity(latent, noise, timesteps)
-        prediction = model(noisy, timesteps, batch["age"], batch["sex"], batch["pathology"], conditioning_dropout=True)
+        prediction = model(noisy, timesteps, batch["age"], batch["sex"], batch["pathology"], conditioning_dropout=True,
+                           extras=batch_extras(batch, denoiser.phenotype_encoder.extra_names))
         denoising = F.mse_loss(prediction.float(), target.float())
         losses = {"loss": denoising, "denoising": denoising}
         if cfg.clinical_weight > 0:

@@ -54,7 +54,18 @@ def build_encoder(config: DiffusionConfig, schema: PhenotypeSchema) -> Phenotype
         age_min=schema.age.min,
         age_max=schema.age.max,
         attribute_dropout=config.attribute_dropout,
+        extra_vocabularies=extra_vocabularies(schema),
     )
+
+
+def extra_vocabularies(schema: PhenotypeSchema) -> dict[str, list[str]]:
+    """Extra attributes the encoder embeds: those whose schema declares their values."""
+    return {name: list(spec.values) for name, spec in schema.extras.items() if spec.values}
+
+
+def batch_extras(batch, names) -> dict:
+    """Collect the ``extra_<name>`` value indices of a batch into the encoder's ``extras`` mapping."""
+    return {name: batch[f"extra_{name}"] for name in names if f"extra_{name}" in batch}
 
 
 def build_noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
@@ -84,7 +95,12 @@ class ConditionalDenoiser(nn.Module):
         sex: torch.Tensor,
         pathology: torch.Tensor,
         conditioning_dropout: bool = True,
+        extras: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Return the UNet prediction (B, C, h, w) for noisy latents (B, C, h, w) at integer ``timesteps`` (B,)."""
-        tokens = self.phenotype_encoder(age=age, sex=sex, pathology=pathology, conditioning_dropout=conditioning_dropout)
+        """Return the UNet prediction (B, C, h, w) for noisy latents (B, C, h, w) at integer ``timesteps`` (B,).
+
+        ``extras`` maps extra attribute names to (B,) value indices, -1 where missing.
+        """
+        tokens = self.phenotype_encoder(age=age, sex=sex, pathology=pathology, extras=extras,
+                                        conditioning_dropout=conditioning_dropout)
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=tokens).sample
