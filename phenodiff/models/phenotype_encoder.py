@@ -154,7 +154,6 @@ class PhenotypeEncoder(ModelMixin, ConfigMixin):
             generator: Random generator for the dropout draws.
         """
         batch, device = age.shape[0], age.device
-        dim = self.config.cross_attention_dim
         extras = extras or {}
 
         missing = torch.isnan(age)
@@ -176,7 +175,9 @@ class PhenotypeEncoder(ModelMixin, ConfigMixin):
                 # A negative index marks a value missing for that example; its token is replaced by null below.
                 tokens.append(self.extra_embeddings[name](extras[name].long().clamp(min=0))[:, None])
             else:
-                tokens.append(torch.zeros(batch, 1, dim, device=device, dtype=age_token.dtype))
+                # The embedding still runs (and is replaced by null below), so every parameter takes part in the
+                # backward pass, which opacus needs for its per-sample gradients.
+                tokens.append(self.extra_embeddings[name](torch.zeros(batch, dtype=torch.long, device=device))[:, None])
         spans = [1, 1, pathology_tokens.shape[1]] + [1] * len(self.extra_names)
 
         # Replace attributes that are not given (or dropped for guidance training) by their null token.
