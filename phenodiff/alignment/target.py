@@ -197,6 +197,18 @@ def _interpolate_quantiles(levels: torch.Tensor, quantiles: torch.Tensor, at: to
     return torch.gather(quantiles, 0, lower) * (1 - weight) + torch.gather(quantiles, 0, upper) * weight
 
 
+def _per_sample_setup(features, groups, target: SlicedQuantileTarget, group_names):
+    """Return the group names, projected features, target levels and quantiles, and empty terms and coverage."""
+    _check_features(features, "features")
+    names = group_name_array(groups, num_samples=features.shape[0], group_names=group_names)
+    projected = _project(features, target)
+    levels = target.levels.to(dtype=features.dtype, device=features.device)
+    quantiles = target.quantiles.to(dtype=features.dtype, device=features.device)
+    terms = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
+    covered = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
+    return names, projected, levels, quantiles, terms, covered
+
+
 def per_sample_shift_terms(
     features: torch.Tensor,
     groups: torch.Tensor | np.ndarray | Sequence,
@@ -222,14 +234,7 @@ def per_sample_shift_terms(
         ``(terms, covered)``: terms (N,) with zero for samples whose group the target lacks, and covered
         (N,) bool, true where the target has the sample's group.
     """
-    _check_features(features, "features")
-    names = group_name_array(groups, num_samples=features.shape[0], group_names=group_names)
-    projected = _project(features, target)
-    levels = target.levels.to(dtype=features.dtype, device=features.device)
-    quantiles = target.quantiles.to(dtype=features.dtype, device=features.device)
-
-    terms = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
-    covered = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
+    names, projected, levels, quantiles, terms, covered = _per_sample_setup(features, groups, target, group_names)
     for name in sorted_unique(names):
         position = target.group_index(name)
         if position is None:
@@ -276,14 +281,7 @@ def per_sample_terms_from_reference(
         ``(terms, covered)`` as for :func:`per_sample_shift_terms`; a sample is covered when both the target
         and the reference have its group.
     """
-    _check_features(features, "features")
-    names = group_name_array(groups, num_samples=features.shape[0], group_names=group_names)
-    projected = _project(features, target)
-    levels = target.levels.to(dtype=features.dtype, device=features.device)
-    quantiles = target.quantiles.to(dtype=features.dtype, device=features.device)
-
-    terms = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
-    covered = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
+    names, projected, levels, quantiles, terms, covered = _per_sample_setup(features, groups, target, group_names)
     for name in sorted_unique(names):
         position = target.group_index(name)
         values_reference = reference.get(str(name))

@@ -88,6 +88,26 @@ def requested_phenotypes(dataset: PhenoDataset, *, num_images: int, seed: int) -
     return requests
 
 
+def requests_like_training(dataset: PhenoDataset, *, count: int, seed: int) -> tuple[list[dict], list[str]]:
+    """Draw ``count`` phenotypes of random training records (with replacement) and their groups.
+
+    This is the real phenotype distribution of the training split, which plain augmentation samples from
+    and the memorisation audit generates for.
+    """
+    schema = dataset.schema
+    records = dataset.records[dataset.records["split"] == "train"].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    requests, groups = [], []
+    for index in rng.choice(len(records), size=count, replace=True):
+        row = records.iloc[index]
+        labels = list(row["pathology"])
+        age = None if np.isnan(row["age"]) else float(np.clip(row["age"], schema.age.min, schema.age.max))
+        requests.append({"age": age, "sex": None if row["sex"] == "unknown" else row["sex"],
+                         "pathology": labels if schema.pathology.multi_label else labels[0]})
+        groups.append(str(row["group"]))
+    return requests, groups
+
+
 @torch.no_grad()
 def generate_for_requests(pipeline, requests: list[dict], *, batch_size: int, num_inference_steps: int,
                           guidance_scale: float, seed: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..classifier.data import SyntheticImageDataset
 from ..data.dataset import PhenoDataset
-from ..evaluation.fidelity import generate_for_requests, requests_to_multi_hot
+from ..evaluation.fidelity import generate_for_requests, requests_like_training, requests_to_multi_hot
 from ..synthesis import SynthesisPlan
 from ..utils.io import atomic_write_bytes, atomic_write_json
 
@@ -63,22 +63,6 @@ class SyntheticSet:
             age=torch.tensor(ages),
             sex=torch.tensor([sexes.get(r["sex"], 2) for r in self.requests]),
         )
-
-
-def requests_like_training(dataset: PhenoDataset, *, count: int, seed: int) -> tuple[list[dict], list[str]]:
-    """Draw ``count`` phenotypes of random training records: the real phenotype distribution, as plain augmentation uses."""
-    schema = dataset.schema
-    records = dataset.records[dataset.records["split"] == "train"].reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    requests, groups = [], []
-    for index in rng.choice(len(records), size=count, replace=True):
-        row = records.iloc[index]
-        labels = list(row["pathology"])
-        age = None if np.isnan(row["age"]) else float(np.clip(row["age"], schema.age.min, schema.age.max))
-        requests.append({"age": age, "sex": None if row["sex"] == "unknown" else row["sex"],
-                         "pathology": labels if schema.pathology.multi_label else labels[0]})
-        groups.append(str(row["group"]))
-    return requests, groups
 
 
 def requests_from_plan(plan: SynthesisPlan, dataset: PhenoDataset, *, seed: int) -> tuple[list[dict], list[str]]:

@@ -70,19 +70,9 @@ def audit_pipeline(
 
     Returns the report and the (M,) boolean copy flags of the generated images.
     """
-    from ...evaluation.fidelity import generate_for_requests
+    from ...evaluation.fidelity import generate_for_requests, requests_like_training
 
-    rng = np.random.default_rng(seed)
-    records = dataset.records[dataset.records["split"] == "train"].reset_index(drop=True)
-    schema = dataset.schema
-    requests, groups = [], []
-    for index in rng.choice(len(records), size=num_images, replace=True):
-        row = records.iloc[index]
-        labels = list(row["pathology"])
-        age = None if np.isnan(row["age"]) else float(np.clip(row["age"], schema.age.min, schema.age.max))
-        requests.append({"age": age, "sex": None if row["sex"] == "unknown" else row["sex"],
-                         "pathology": labels if schema.pathology.multi_label else labels[0]})
-        groups.append(row["group"])
+    requests, groups = requests_like_training(dataset, count=num_images, seed=seed)
     synthetic = generate_for_requests(pipeline, requests, batch_size=64, num_inference_steps=num_inference_steps,
                                       guidance_scale=guidance_scale, seed=seed)
     return audit_generated(pipeline, dataset, synthetic, groups, resolution=resolution, false_flag_rate=false_flag_rate,
@@ -173,7 +163,7 @@ def make_training_audit(pipeline_factory, dataset: PhenoDataset, *, resolution: 
     upper bound and lets an :class:`~.controller.AuditController` decide to continue, raise the noise
     multiplier or halt. ``pipeline_factory()`` returns a pipeline with the current weights.
     """
-    from ...evaluation.fidelity import generate_for_requests
+    from ...evaluation.fidelity import generate_for_requests, requests_like_training
     from .controller import AuditController
     from .release import CopyFilter
     from .risk import privacy_risk_index
@@ -182,18 +172,9 @@ def make_training_audit(pipeline_factory, dataset: PhenoDataset, *, resolution: 
     val = PhenoTorchDataset(dataset, "val", resolution=resolution, value_range="0,1", progress=False)
     copy_filter = CopyFilter.from_images(train.pixel_values, val.pixel_values, false_flag_rate=privacy.audit_false_flag_rate)
     controller = AuditController(delta_pi=privacy.audit_delta_pi, policy=privacy.audit_policy)
-    records = dataset.records[dataset.records["split"] == "train"].reset_index(drop=True)
-    schema = dataset.schema
 
     def audit(step: int, noise_multiplier: float):
-        rng = np.random.default_rng(seed + step)
-        requests = []
-        for index in rng.choice(len(records), size=privacy.audit_num_images, replace=True):
-            row = records.iloc[index]
-            labels = list(row["pathology"])
-            age = None if np.isnan(row["age"]) else float(np.clip(row["age"], schema.age.min, schema.age.max))
-            requests.append({"age": age, "sex": None if row["sex"] == "unknown" else row["sex"],
-                             "pathology": labels if schema.pathology.multi_label else labels[0]})
+        requests, _ = requests_like_training(dataset, count=privacy.audit_num_images, seed=seed + step)
         images = generate_for_requests(pipeline_factory(), requests, batch_size=64,
                                        num_inference_steps=privacy.audit_inference_steps, guidance_scale=1.0, seed=seed + step)
         flags = flag_copies(copy_filter.embedding(images), train_embeddings=copy_filter.train_embeddings,
