@@ -45,8 +45,8 @@ def release_shift_target(
         ledger: Records the release under ``shift_target``.
         seed: Seeds the noise.
 
-    NOTE: the released groups are the groups present in the private split; a declared group with no
-    training image is absent from the target and gets no shift term.
+    NOTE: the released groups are the groups present in the private split. A declared group with no
+    training image is absent from the target, so its samples get no shift term.
     """
     levels = midpoint_levels(num_quantiles)
     projected = features.detach().float() @ projections.float()

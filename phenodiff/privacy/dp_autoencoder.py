@@ -2,7 +2,7 @@
 
 The autoencoder reads every private image, so a release is differentially private only when it is trained
 on public data or with DP-SGD. This module does the latter with its own share of the target epsilon
-(``privacy.autoencoder_epsilon``); the diffusion stage then gets the rest of the target, and the ledger
+(``privacy.autoencoder_epsilon``). The diffusion stage then gets the rest of the target, and the ledger
 composes both.
 """
 
@@ -69,8 +69,8 @@ def train_autoencoder_dp(*, model: torch.nn.Module, dataset, privacy, stage, che
 def release_latent_scale(vae, dataset, result: DPTrainingResult, *, seed: int, batch_size: int = 128) -> tuple[float, PrivacyLedger]:
     """Release the latent scaling factor 1 / std of the training latents with the Gaussian mechanism.
 
-    Each image contributes the mean square of its latent mean, clipped to ``SCALE_CLIP`` (so one image
-    moves the sum by at most that much); the noisy mean over the public training-set size gives the
+    Each image contributes the mean square of its latent mean, clipped to ``SCALE_CLIP``, so one image
+    moves the sum by at most that much. The noisy mean over the public training-set size gives the
     variance, and the factor is its inverse square root. The release is composed into the autoencoder's
     ledger. Returns the factor and the updated ledger.
     """

@@ -9,7 +9,7 @@ Each step (Abadi et al., 2016):
    batch size.
 
 The noise multiplier sigma is the smallest that keeps the planned schedule within the component's epsilon
-budget under the ledger's accountant; the budget is the target epsilon minus what other components of the
+budget under the ledger's accountant. The budget is the target epsilon minus what other components of the
 ledger already spent. Training stops before a step would push the ledger's total above the target.
 
 Only one process is supported: opacus needs a distributed wrapper (DPDDP) for several processes, which

@@ -40,8 +40,8 @@ def _generator_numbers(stage: dict, training: dict) -> dict:
     audit, fidelity, alignment = stage.get("audit") or {}, stage.get("fidelity") or {}, stage.get("alignment") or {}
     privacy = training.get("privacy")
     public = (training.get("config") or {}).get("privacy", {}).get("public_data")
-    # The ledger composes every DP component into ``epsilon``; a component that saw the private images
-    # without DP has no finite epsilon, which None stands for here.
+    # The ledger composes every DP component into ``epsilon``. A component that saw the private images
+    # without DP has no finite epsilon, so None stands for it here.
     components = {"autoencoder": "public data" if public else None}
     if privacy:
         for component in privacy["ledger"]["components"]:

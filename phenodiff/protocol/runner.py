@@ -9,8 +9,8 @@ generator training resumes from its latest checkpoint):
    ``autoencoder_data: public_phantom`` it is trained once on a separate phantom draw and shared by all
    seeds, and ``public_pretraining_steps`` adds a denoiser pretrained there without DP, which the full
    system then fine-tunes with DP (Lyu et al., 2023).
-3. ``plain``: a conditional LDM without DP, alignment or fairness terms; synthetic images drawn with the
-   real phenotype distribution; then the ``augmented`` classifier on real + synthetic images.
+3. ``plain``: a conditional LDM without DP, alignment or fairness terms. Its synthetic images follow the
+   real phenotype distribution, and the ``augmented`` classifier trains on real + synthetic images.
 4. ``full``: the generator with the ``full`` overrides (DP, continuous audit, ...); synthetic images
    planned to balance the (group, label) cells, screened by the release filter (flagged images are counted
    and never written); then the ``full`` classifier with the bias penalty, and MC-dropout deferral.

@@ -94,7 +94,7 @@ def audit_generated(
     """Audit images that ``pipeline`` already generated, (M, C, H, W) in [0, 1], for copies of training images.
 
     The copy threshold is calibrated on the validation split at ``false_flag_rate`` in the standardised
-    pixel embedding; membership inference compares the diffusion loss of training and test images.
+    pixel embedding. Membership inference compares the diffusion loss of training and test images.
 
     Returns the report and the (M,) boolean copy flags.
     """
