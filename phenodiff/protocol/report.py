@@ -83,6 +83,7 @@ def collect(results: dict) -> dict:
         for arm in ARMS:
             arms[arm].append(stages[arm]["test"])
         entry["wall_seconds"] = {stage: value.get("wall_seconds") for stage, value in stages.items()}
+        entry["stage_machines"] = {stage: value.get("machine") for stage, value in stages.items()}
         entry["autoencoder"] = stages["autoencoder"]["metrics"]
         per_seed[str(seed)] = entry
 

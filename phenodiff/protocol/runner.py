@@ -63,6 +63,8 @@ def _cached(folder: Path, compute: Callable[[], dict]) -> dict:
     start = time.perf_counter()
     result = compute()
     result["wall_seconds"] = time.perf_counter() - start
+    result["machine"] = {"host": platform.node(), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                         "cpu_count": os.cpu_count()}
     atomic_write_json(path, result)
     return result
 
