@@ -29,6 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default=None, help="Run folder (split manifest, checkpoints, samples, pipeline).")
     parser.add_argument("--dataset", type=str, default=None, help="Built-in schema name or schema YAML path.")
     parser.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.csv and images.")
+    parser.add_argument("--array_file", type=str, default=None, help="Preprocessed image array (phenodiff export-array) read instead of --data_dir.")
     parser.add_argument("--resolution", type=int, default=None, help="Training image side length in pixels.")
     parser.add_argument("--train_batch_size", type=int, default=None, help="Batch size per process.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=None, help="Batches per optimizer step.")

@@ -126,3 +126,30 @@ def test_shift_and_clinical_losses_train(tmp_path, caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert any(" shift " in message for message in messages)
     assert any(" clinical " in message for message in messages)
+
+
+def test_training_reads_a_preprocessed_array(tmp_path):
+    from phenodiff.data import load_pheno_dataset
+    from phenodiff.data.array_file import export_image_array, load_image_array
+    from phenodiff.data.phantom import PhantomConfig, generate_phantom
+    from phenodiff.data.schema import PhenotypeSchema
+    from phenodiff.data.splits import load_or_make_split
+    from phenodiff.data.torch_dataset import PhenoTorchDataset
+
+    folder = generate_phantom(tmp_path / "phantom", PhantomConfig(num_patients=40, seed=0))
+    dataset = load_pheno_dataset("phantom", folder)
+    path = export_image_array(dataset, tmp_path / "phantom.safetensors", resolution=16)
+    loaded = load_image_array(path, PhenotypeSchema.builtin("phantom"))
+    assert loaded.records["file_name"].tolist() == dataset.records["file_name"].tolist()
+    assert loaded.records["pathology"].tolist() == dataset.records["pathology"].tolist()
+    for data in (dataset, loaded):
+        load_or_make_split(data, tmp_path / "split.json", seed=0)
+    from_folder = PhenoTorchDataset(dataset, "train", resolution=16, value_range="0,1")
+    from_array = PhenoTorchDataset(loaded, "train", resolution=16, value_range="0,1")
+    torch.testing.assert_close(from_array.pixel_values, from_folder.pixel_values, atol=1e-3, rtol=0)
+
+    config = tiny_config(tmp_path / "run").override("all", {"array_file": str(path)})
+    train_autoencoder(config)
+    assert (tmp_path / "run" / "autoencoder" / "model" / "config.json").is_file()
+    with pytest.raises(ValueError, match="contains dataset 'phantom'"):
+        load_image_array(path, PhenotypeSchema.builtin("oasis1"))

@@ -40,6 +40,8 @@ class PhenoDataset:
     conversions: dict[str, str] = field(default_factory=dict)
     root: Path | None = None
     metadata_path: Path | None = None
+    pixels: Any = None  # (N, C, R, R) images of a preprocessed array file, indexed by records["array_index"]
+    pixel_resolution: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -50,7 +52,7 @@ class PhenoDataset:
 
     @property
     def images_checked(self) -> bool:
-        return bool(len(self.records)) and self.records["image_path"].notna().all()
+        return bool(len(self.records)) and (self.pixels is not None or self.records["image_path"].notna().all())
 
     # ------------------------------------------------------------------ labels
     def label_matrix(self) -> np.ndarray:
@@ -76,6 +78,9 @@ class PhenoDataset:
     def load_image(self, index: int, *, normalize: bool = True) -> np.ndarray:
         """Read the image of record ``index``: (H, W) or (H, W, 3), float32 in [0, 1] when ``normalize``."""
         row = self.records.iloc[index]
+        if self.pixels is not None:
+            array = self.pixels[int(row["array_index"])].float().numpy()
+            return array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0))
         if row["image_path"] is None or (isinstance(row["image_path"], float) and np.isnan(row["image_path"])):
             raise ValueError(f"Dataset {self.name!r} was loaded without images (metadata only); reload it with a data folder.")
         if is_nifti(row["image_path"]):
@@ -96,6 +101,8 @@ class PhenoDataset:
             conversions=self.conversions,
             root=self.root,
             metadata_path=self.metadata_path,
+            pixels=self.pixels,
+            pixel_resolution=self.pixel_resolution,
         )
 
     def to_hf_dataset(self):

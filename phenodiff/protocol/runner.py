@@ -99,7 +99,7 @@ class Protocol:
         data_folder = self.output_dir / "data"
         self.dataset = prepare_dataset(self.base.data, data_folder)
         self.split_manifest = data_folder / "split_manifest.json"
-        if self.base.data.data_dir is None:
+        if self.base.data.data_dir is None and self.base.data.array_file is None:
             self.base.data.data_dir = str(data_folder / "phantom-data")
         self.schema = self.dataset.schema
         resolution = self.base.data.resolution

@@ -21,6 +21,7 @@ class DataConfig:
     dataset: str = "phantom"  # built-in schema name or path to a schema YAML
     data_dir: str | None = None  # not needed for the phantom, which is generated into the output folder
     metadata_file: str | None = None
+    array_file: str | None = None  # a preprocessed image array (phenodiff export-array) read instead of data_dir
     phantom_patients: int = 800
     resolution: int = 32
     split_seed: int = 0

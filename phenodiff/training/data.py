@@ -12,10 +12,17 @@ from .config import DataConfig
 def prepare_dataset(config: DataConfig, output_dir: str | Path) -> PhenoDataset:
     """Load the configured dataset and apply the split manifest stored in ``output_dir`` (made on first use).
 
-    The phantom is generated into ``output_dir/phantom-data`` when no ``data_dir`` is configured.
+    The phantom is generated into ``output_dir/phantom-data`` when no ``data_dir`` is configured. With
+    ``array_file`` set, the images and records come from that preprocessed file instead.
     """
     output_dir = Path(output_dir)
     schema = resolve_schema(config.dataset)
+    if config.array_file is not None:
+        from ..data.array_file import load_image_array
+
+        dataset = load_image_array(config.array_file, schema)
+        load_or_make_split(dataset, output_dir / "split_manifest.json", seed=config.split_seed)
+        return dataset
     data_dir = config.data_dir
     if data_dir is None and schema.name == "phantom":
         from ..data.phantom import PhantomConfig, generate_phantom
