@@ -105,7 +105,9 @@ def tables_markdown(collected: dict, *, dataset: str, seeds: list[int], group_si
     summary, generators = collected["summary"], collected["generator_summary"]
     spread = f"mean ± std over {len(seeds)} seed(s) {seeds}"
     pi_by_arm = {"baseline": None, "augmented": generators["plain"]["privacy_risk_upper"], "full": generators["full"]["privacy_risk_upper"]}
-    lines = [f"# Protocol results: {dataset}", "", f"All numbers on the test split, {spread}. Percentages are in points.", ""]
+    lines = [f"# Protocol results: {dataset}", "", f"All numbers on the test split, {spread}. Percentages are in points. "
+             "Accuracy is per image: the argmax class for single-label data, the fraction of labels right at 0.5 for "
+             "multi-label data. The bias gap is the mean absolute deviation of the group accuracies from their mean.", ""]
     lines += ["## Table 1: overall performance per arm", "",
               "| arm | accuracy (%) | macro F1 (%) | macro AUROC (%) | bias gap (%) | worst-group accuracy (%) | privacy risk PI (upper bound) |",
               "|---|---|---|---|---|---|---|"]
