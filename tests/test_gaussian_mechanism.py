@@ -202,6 +202,19 @@ def test_quantile_release_clips_to_range():
     assert 0.0 <= release.values["all"][0, 0] <= 1.0
 
 
+def test_quantile_release_covers_public_group_keys():
+    ledger = PrivacyLedger(delta=1e-6)
+    values = np.random.default_rng(5).normal(size=(300, 2))
+    groups = ["a"] * 150 + ["b"] * 150
+    release = release_quantiles(values, lower=-4.0, upper=4.0, bins=8, quantiles=[0.5], epsilon=1.0, delta=1e-6, ledger=ledger,
+                                name="q", groups=groups, group_keys=["a", "b", "empty"], generator=seeded())
+    assert list(release.values) == ["a", "b", "empty"]
+    assert release.values["empty"].shape == (1, 2)
+    with pytest.raises(InvalidPrivacyParameterError, match="outside group_keys"):
+        release_quantiles(values, lower=-4.0, upper=4.0, bins=8, quantiles=[0.5], epsilon=1.0, delta=1e-6, ledger=ledger,
+                          name="q2", groups=groups, group_keys=["a"])
+
+
 def test_quantile_release_rejects_missing_range():
     ledger = PrivacyLedger(delta=1e-6)
     with pytest.raises(MissingSensitivityBoundError):

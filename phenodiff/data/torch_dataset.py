@@ -87,6 +87,11 @@ class PhenoTorchDataset(torch.utils.data.Dataset):
             dataset = dataset.subset((dataset.records["split"] == split).to_numpy())
         if len(dataset) == 0:
             raise ValueError(f"Split {split!r} of dataset {dataset.name!r} is empty.")
+        if dataset.pixel_resolution is not None and dataset.pixel_resolution != resolution:
+            raise ValueError(
+                f"The image array of dataset {dataset.name!r} was exported at {dataset.pixel_resolution}x{dataset.pixel_resolution}, "
+                f"but resolution {resolution} was requested; export it again with --resolution {resolution}."
+            )
         if value_range not in ("-1,1", "0,1"):
             raise ValueError(f"value_range must be '-1,1' or '0,1', got {value_range!r}.")
         self.dataset = dataset

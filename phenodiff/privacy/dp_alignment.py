@@ -30,7 +30,7 @@ def release_shift_target(
     epsilon: float,
     delta: float,
     ledger: PrivacyLedger,
-    seed: int,
+    group_keys: Sequence[str],
 ) -> tuple[SlicedQuantileTarget, GaussianRelease]:
     """Release the per-group quantiles of ``features @ projections`` and wrap them as the L_shift target.
 
@@ -43,17 +43,16 @@ def release_shift_target(
         num_quantiles: M midpoint levels of the target.
         epsilon, delta: Budget of this release.
         ledger: Records the release under ``shift_target``.
-        seed: Seeds the noise.
+        group_keys: The public group list (the schema's declared groups); each gets a histogram, empty or not.
 
-    NOTE: the released groups are the groups present in the private split. A declared group with no
-    training image is absent from the target, so its samples get no shift term.
+    The noise comes from a generator seeded by the operating system: a seed written next to the release
+    would let anyone subtract the noise.
     """
     levels = midpoint_levels(num_quantiles)
     projected = features.detach().float() @ projections.float()
     release = release_quantiles(projected, lower=-bound, upper=bound, bins=bins, quantiles=levels.tolist(), epsilon=epsilon,
-                                delta=delta, ledger=ledger, name=COMPONENT, groups=list(groups),
-                                generator=torch.Generator().manual_seed(seed))
-    names = sorted(release.values)
+                                delta=delta, ledger=ledger, name=COMPONENT, groups=list(groups), group_keys=list(group_keys))
+    names = list(group_keys)
     quantiles = torch.stack([torch.as_tensor(release.values[name], dtype=torch.float32) for name in names])
     target = SlicedQuantileTarget.from_released(quantiles, projections=projections.float(), group_names=names, levels=levels)
     return target, release

@@ -66,7 +66,7 @@ def train_autoencoder_dp(*, model: torch.nn.Module, dataset, privacy, stage, che
 
 
 @torch.no_grad()
-def release_latent_scale(vae, dataset, result: DPTrainingResult, *, seed: int, batch_size: int = 128) -> tuple[float, PrivacyLedger]:
+def release_latent_scale(vae, dataset, result: DPTrainingResult, *, batch_size: int = 128) -> tuple[float, PrivacyLedger]:
     """Release the latent scaling factor 1 / std of the training latents with the Gaussian mechanism.
 
     Each image contributes the mean square of its latent mean, clipped to ``SCALE_CLIP``, so one image
@@ -81,9 +81,9 @@ def release_latent_scale(vae, dataset, result: DPTrainingResult, *, seed: int, b
         pixels = dataset.pixel_values[start : start + batch_size].to(vae.device)
         squares.append(vae.encode(pixels).latent_dist.mean.float().pow(2).flatten(1).mean(1, keepdim=True).cpu())
     ledger = PrivacyLedger.from_state_dict(result.ledger_state)
+    # The noise generator is seeded by the operating system, never by the published config seed.
     release = release_mean(torch.cat(squares), clip_norm=SCALE_CLIP, epsilon=SCALE_EPSILON, delta=ledger.delta,
-                           public_count=len(dataset), ledger=ledger, name="latent_scale",
-                           generator=torch.Generator().manual_seed(seed))
+                           public_count=len(dataset), ledger=ledger, name="latent_scale")
     variance = max(float(release.values["all"][0]), SCALE_FLOOR)
     return variance ** -0.5, ledger
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,12 +166,17 @@ def train_dp_sgd(
 
     device = next(module.parameters()).device
     model = GradSampleModule(module, batch_first=True, loss_reduction="mean")
+    # The noise generator is seeded by the operating system: the config seed is published with the weights,
+    # and noise drawn from it could be recomputed and subtracted.
+    noise_generator = torch.Generator(device=device)
+    noise_generator.manual_seed(secrets.randbits(63))
     optimizer = DPOptimizer(torch.optim.AdamW(params, lr=stage.learning_rate), noise_multiplier=sigma,
-                            max_grad_norm=privacy.max_grad_norm, expected_batch_size=stage.train_batch_size)
+                            max_grad_norm=privacy.max_grad_norm, expected_batch_size=stage.train_batch_size,
+                            generator=noise_generator)
     generator = torch.Generator().manual_seed(seed)
     loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=generator)
 
-    step = 0
+    step, actions = 0, []
     checkpoints = list_checkpoints(checkpoint_dir) if resume else []
     if checkpoints:
         state = load_dp_checkpoint(checkpoints[-1], model=module, optimizer=optimizer.original_optimizer, generator=generator)
@@ -179,6 +185,7 @@ def train_dp_sgd(
         # A noise multiplier that the audit controller raised stays raised after a resume.
         sigma = max(sigma, float(state.get("noise_multiplier", sigma)))
         optimizer.noise_multiplier = sigma
+        actions = list(state.get("audit_actions", []))
         logger.info("Resumed DP training from %s at step %d, epsilon so far %.4g", checkpoints[-1], step, ledger.total_epsilon())
 
     logger.info("%s: N=%d, q=%.4g, sigma=%.4g, C=%g, %d steps planned, epsilon budget %.4g of target %g at delta %.3g",
@@ -187,10 +194,13 @@ def train_dp_sgd(
 
     def checkpoint(at: int) -> None:
         save_dp_checkpoint(checkpoint_dir / f"checkpoint-{at}", model=module, optimizer=optimizer.original_optimizer,
-                           step=at, ledger=ledger, generator=generator, extra={"noise_multiplier": sigma})
+                           step=at, ledger=ledger, generator=generator,
+                           extra={"noise_multiplier": sigma, "audit_actions": actions})
 
     progress = tqdm(total=stage.max_train_steps, initial=step, desc=description)
-    stopped_early, halted, actions = False, False, []
+    stopped_early = False
+    # A run that the audit controller halted stays halted when it is resumed.
+    halted = any(action.get("kind") == "halt" for action in actions)
     while step < stage.max_train_steps and not (stopped_early or halted):
         for batch in loader:
             if step % privacy.epsilon_check_steps == 0 and step > 0 and ledger.would_exceed(
@@ -201,7 +211,13 @@ def train_dp_sgd(
                 break
             model.train()
             batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-            loss = backward(model, batch) if len(next(iter(batch.values()))) else None
+            if len(next(iter(batch.values()))):
+                loss = backward(model, batch)
+            else:
+                # An empty Poisson batch still takes a noisy step: zero per-sample gradients, then the noise.
+                loss = None
+                for parameter in params:
+                    parameter.grad_sample = torch.zeros((0, *parameter.shape), device=parameter.device, dtype=parameter.dtype)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ledger.record_steps(component, noise_multiplier=sigma, sample_rate=sample_rate)
@@ -227,7 +243,8 @@ def train_dp_sgd(
                 break
     progress.close()
     if halted:
-        logger.warning("Stopped at step %d: the memorisation audit controller halted training (%s).", step, actions[-1]["reason"])
+        reason = next(action for action in reversed(actions) if action.get("kind") == "halt")["reason"]
+        logger.warning("Stopped at step %d: the memorisation audit controller halted training (%s).", step, reason)
     if stopped_early:
         logger.warning("Stopped at step %d: the next steps would exceed target epsilon %g.", step, privacy.target_epsilon)
     if stopped_early or halted:

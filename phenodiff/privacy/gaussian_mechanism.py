@@ -268,6 +268,7 @@ def release_quantiles(
     name: str,
     groups: Sequence[Hashable] | np.ndarray | None = None,
     generator: torch.Generator | None = None,
+    group_keys: Sequence[Hashable] | None = None,
 ) -> GaussianRelease:
     r"""Release per-feature quantiles (per group when ``groups`` is given) through a noisy histogram.
 
@@ -284,6 +285,8 @@ def release_quantiles(
         bins: Number of equal-width bins in [lower, upper].
         quantiles: Levels in [0, 1], e.g. ``(0.1, 0.5, 0.9)``.
         epsilon, delta, ledger, name, groups, generator: As for :func:`release_mean`.
+        group_keys: The public list of groups to release. Every key gets a histogram, empty or not, so the
+            set of released groups does not depend on the records. Default: the groups present in ``groups``.
 
     Returns:
         A :class:`GaussianRelease` whose ``values`` maps each group to a (len(quantiles), d) array.
@@ -302,7 +305,7 @@ def release_quantiles(
     epsilon, delta = _validate_budget(epsilon=epsilon, delta=delta, ledger=ledger)
     matrix = _as_matrix(values)
     n, d = matrix.shape
-    keys, index = _group_index(groups, n)
+    keys, index = _group_index(groups, n, group_keys)
 
     # 1. Bounded statistic: per-group, per-feature histograms over public bins, sensitivity sqrt(d).
     width = (upper - lower) / bins
@@ -385,12 +388,20 @@ def _as_matrix(values: torch.Tensor | np.ndarray) -> torch.Tensor:
     return matrix
 
 
-def _group_index(groups: Sequence[Hashable] | np.ndarray | None, n: int) -> tuple[list[str], torch.Tensor]:
+def _group_index(groups: Sequence[Hashable] | np.ndarray | None, n: int,
+                 group_keys: Sequence[Hashable] | None = None) -> tuple[list[str], torch.Tensor]:
     if groups is None:
         return ["all"], torch.zeros(n, dtype=torch.long)
     labels = np.asarray(groups)
     if labels.shape != (n,):
         raise InvalidPrivacyParameterError(f"groups must have one label per record, shape ({n},), got {labels.shape}.")
+    if group_keys is not None:
+        keys = [str(key) for key in group_keys]
+        position = {key: i for i, key in enumerate(keys)}
+        unknown = sorted(set(labels.astype(str)) - set(position))
+        if unknown:
+            raise InvalidPrivacyParameterError(f"Records name group(s) {unknown[:5]} outside group_keys {keys}; drop them or add the keys.")
+        return keys, torch.as_tensor([position[label] for label in labels.astype(str)], dtype=torch.long)
     keys, inverse = np.unique(labels.astype(str), return_inverse=True)
     return [str(key) for key in keys], torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hub.model_card import replace_card_section
+from ..privacy.accounting import PrivacyLedger
 from ..uncertainty.calibration import CalibrationResult, save_reliability_diagram
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .config import ARM_TITLES, ARMS
@@ -40,12 +41,12 @@ def _generator_numbers(stage: dict, training: dict) -> dict:
     audit, fidelity, alignment = stage.get("audit") or {}, stage.get("fidelity") or {}, stage.get("alignment") or {}
     privacy = training.get("privacy")
     public = (training.get("config") or {}).get("privacy", {}).get("public_data")
-    # The ledger composes every DP component into ``epsilon``. A component that saw the private images
+    # ``epsilon`` is the ledger's total over its components. A component that saw the private images
     # without DP has no finite epsilon, so None stands for it here.
     components = {"autoencoder": "public data" if public else None}
     if privacy:
-        for component in privacy["ledger"]["components"]:
-            components[component["name"]] = privacy["epsilon"] if len(privacy["ledger"]["components"]) == 1 else "see ledger"
+        ledger = PrivacyLedger.from_state_dict(privacy["ledger"])
+        components.update({name: ledger.component_epsilon(name) for name in ledger.components()})
     sliced = (alignment.get("sliced_wasserstein") or {})
     return {
         "epsilon": privacy["epsilon"] if privacy else None,
@@ -136,15 +137,20 @@ def tables_markdown(collected: dict, *, dataset: str, seeds: list[int], group_si
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, title in (("plain", "plain LDM (arm 2)"), ("full", "full system (arm 3)")):
         row = generators[name]
-        first_seed = next(iter(collected["per_seed"].values()))["generators"][name]
-        autoencoder = "public data" if first_seed["epsilon_per_component"].get("autoencoder") == "public data" else "no DP"
+        first_seed = next(iter(collected["per_seed"].values()))["generators"][name]["epsilon_per_component"]
+        autoencoder = first_seed.get("autoencoder")
+        autoencoder = "public data" if autoencoder == "public data" else ("no DP" if autoencoder is None else "DP")
         epsilon = ("unbounded (no DP)" if row["epsilon"]["mean"] is None
-                   else f"{_cell(row['epsilon'], digits=3)} (UNet + encoder; autoencoder: {autoencoder})")
+                   else f"{_cell(row['epsilon'], digits=3)} (total; autoencoder: {autoencoder})")
         lines.append(f"| {title} | {epsilon} | {_cell(row['privacy_risk_estimate'], digits=4)} | {_cell(row['privacy_risk_upper'], digits=4)} | "
                      f"{_cell(row['copy_rate'], digits=4)} | {_cell(row['mia_auc'], digits=3)} | {_cell(row['frechet_distance'], digits=3)} | "
                      f"{_cell(row['sliced_wasserstein_mean'], digits=3)} | {_cell(row['fidelity_generated'], digits=3)} | "
                      f"{_cell(row['fidelity_real_test'], digits=3)} | {_cell(row['released'], digits=0)} | {_cell(row['rejected'], digits=0)} |")
     first = next(iter(collected["per_seed"].values()))["generators"]["plain"]
+    parts = next(iter(collected["per_seed"].values()))["generators"]["full"]["epsilon_per_component"]
+    described = ", ".join(f"{name} {value:.3f}" if isinstance(value, float) else f"{name}: {'public data' if value else 'no DP'}"
+                          for name, value in parts.items())
+    lines += ["", f"Full system epsilon by component, first seed (basic composition, delta per component as in metrics.json): {described}."]
     lines += ["", f"Conditional fidelity is the {first['fidelity_metric']} of the baseline classifier (trained on real images only) "
               f"on generated images against the requested labels; chance is {first['fidelity_chance']}. The Frechet distance and sliced W1 "
               "use the same classifier's penultimate features, generated vs real training images. A generator whose fidelity is near "
@@ -244,19 +250,32 @@ def _risk_coverage_figure(collected: dict, path: Path) -> Path:
 
 def write_sample_grids(protocol, seed: int, folder: Path) -> list[Path]:
     """Write a grid of generated samples per phenotype for the plain and the full generator of ``seed``."""
-    from ..training.validation import sample_grid, save_grid_png, validation_phenotypes
+    from ..training.validation import grid_ages_of, sample_grid, save_grid_png, validation_phenotypes
 
     schema, settings = protocol.schema, protocol.settings.synthesis
-    ages = protocol.splits["train"].age
-    ages = ages[~ages.isnan()].numpy()
-    grid_ages = tuple(float(a) for a in np.quantile(ages, [0.25, 0.75])) if len(ages) else (schema.age.min, schema.age.max)
-    phenotypes, rows, columns = validation_phenotypes(list(schema.pathology.vocabulary), schema.pathology.multi_label, grid_ages)
+    phenotypes, rows, columns = validation_phenotypes(list(schema.pathology.vocabulary), schema.pathology.multi_label, grid_ages_of(schema))
     paths = []
     for name in GENERATORS:
         pipeline = protocol._load_pipeline(protocol.output_dir / f"seed-{seed}" / name)
         images = sample_grid(pipeline, phenotypes, num_inference_steps=settings.grid_inference_steps, guidance_scale=settings.guidance_scale, seed=seed)
         paths.append(save_grid_png(images, rows, columns, folder / f"samples_{name}.png", title=f"{schema.name}, {name} generator, seed {seed}"))
     return paths
+
+
+def _privacy_text(training: dict) -> str:
+    """Render the card's privacy section from a generator stage's config and privacy.json."""
+    from types import SimpleNamespace
+
+    from ..privacy.dp_diffusion import DP_COMPONENT
+    from ..training.config import TrainConfig
+    from ..training.diffusion import _privacy_section
+
+    privacy = training["privacy"]
+    ledger = PrivacyLedger.from_state_dict(privacy["ledger"])
+    result = SimpleNamespace(epsilon=privacy["epsilon"], delta=privacy["delta"], noise_multiplier=privacy["noise_multiplier"],
+                             sample_rate=privacy["sample_rate"], global_step=privacy["steps"], stopped_early=privacy["stopped_early"],
+                             ledger_state=privacy["ledger"], component_epsilon=ledger.component_epsilon(DP_COMPONENT))
+    return _privacy_section(TrainConfig.from_dict(training["config"]), result, autoencoder_dp="autoencoder" in ledger.components())
 
 
 def write_model_card(protocol, collected: dict, seed: int) -> Path:
@@ -266,6 +285,10 @@ def write_model_card(protocol, collected: dict, seed: int) -> Path:
     import json
 
     synthetic = json.loads(stage.read_text(encoding="utf-8"))
+    training = json.loads((protocol.output_dir / f"seed-{seed}" / "full" / "training" / "result.json").read_text(encoding="utf-8"))
+    if training.get("privacy"):
+        # Rewritten from the stage's ledger, so the card follows the current wording and composition rules.
+        replace_card_section(card, "Privacy", _privacy_text(training))
     audit = synthetic.get("audit_card_section", "No images were generated, so no audit was run.")
     audit += ("\n\nThe release filter and this audit compare generated images with the private training images; their "
               f"decisions ({synthetic.get('rejected', 0)} of {synthetic.get('requested', 0)} images rejected) are not covered by the DP "

@@ -175,7 +175,8 @@ class Protocol:
 
         def compute():
             if public:
-                config = arm_config(self.base, {"data": {"data_dir": str(self._public_phantom())}}, output_dir=folder, seed=self.base.seed)
+                config = arm_config(self.base, {"data": {"data_dir": str(self._public_phantom()), "array_file": None}}, output_dir=folder,
+                                    seed=self.base.seed)
             else:
                 config = self._arm_config(overrides or {}, folder, seed)
             train_autoencoder(config, resume_from_checkpoint="latest")
@@ -190,7 +191,7 @@ class Protocol:
         from ..training.diffusion import train_diffusion
 
         folder = self.output_dir / "public" / "denoiser"
-        overrides = {"data": {"data_dir": str(self._public_phantom())}, "privacy": {"enabled": False},
+        overrides = {"data": {"data_dir": str(self._public_phantom()), "array_file": None}, "privacy": {"enabled": False},
                      "diffusion": {"max_train_steps": self.settings.public_pretraining_steps}}
         config = arm_config(self.base, overrides, output_dir=folder, seed=self.base.seed)
 

@@ -107,7 +107,7 @@ def train_autoencoder(config: TrainConfig, *, resume_from_checkpoint: str | None
             # Under DP the factor is a Gaussian-mechanism release, composed into the autoencoder's ledger.
             from ..privacy.dp_autoencoder import release_latent_scale, write_autoencoder_privacy
 
-            scaling, ledger = release_latent_scale(vae, train, result, seed=config.seed)
+            scaling, ledger = release_latent_scale(vae, train, result)
             vae.register_to_config(scaling_factor=scaling)
             write_autoencoder_privacy(stage_dir, result, ledger)
             result.component_epsilon = ledger.total_epsilon()
@@ -116,7 +116,9 @@ def train_autoencoder(config: TrainConfig, *, resume_from_checkpoint: str | None
         test = torch_split(dataset, "test", config.data.resolution)
         test_stats = evaluate_autoencoder(vae, test)
         vae.save_pretrained(final, safe_serialization=True)
-        metrics = {"global_step": result.global_step, "train_psnr_db": stats["psnr_db"], "test_psnr_db": test_stats["psnr_db"],
+        # Under DP the training-split PSNR is left out: it is a statistic of the private images without noise.
+        train_psnr = None if hasattr(result, "ledger_state") else stats["psnr_db"]
+        metrics = {"global_step": result.global_step, "train_psnr_db": train_psnr, "test_psnr_db": test_stats["psnr_db"],
                    "scaling_factor": vae.config.scaling_factor, "resumed_from": getattr(result, "resumed_from", None),
                    "epsilon": getattr(result, "component_epsilon", None)}
         atomic_write_json(stage_dir / "metrics.json", metrics)
@@ -132,6 +134,7 @@ def _train_dp(config: TrainConfig, vae: AutoencoderKL, train, stage_dir: Path, a
     if accelerator.num_processes > 1:
         raise ValueError("DP training runs in one process; launch without --multi_gpu/--num_processes for privacy.enabled.")
     ae = config.autoencoder
+    vae.to(accelerator.device)
     result = train_autoencoder_dp(
         model=AutoencoderForTraining(vae), dataset=train, privacy=config.privacy, stage=ae, checkpoint_dir=stage_dir / "checkpoints",
         seed=config.seed, resume=resume_from_checkpoint is not None,

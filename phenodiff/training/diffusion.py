@@ -20,7 +20,7 @@ from .data import prepare_dataset, torch_split
 from .checkpoints import list_checkpoints
 from .loop import finish_trackers, make_accelerator, run_loop
 from .models import ConditionalDenoiser, batch_extras, build_encoder, build_noise_scheduler, build_unet
-from .validation import sample_grid, save_grid_png, validation_phenotypes
+from .validation import grid_ages_of, sample_grid, save_grid_png, validation_phenotypes
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,8 @@ def train_diffusion(config: TrainConfig, *, resume_from_checkpoint: str | None =
                     sum(p.numel() for p in unet.parameters()) / 1e6, sum(p.numel() for p in encoder.parameters()) / 1e6,
                     latent_channels, latent_size, latent_size, len(latents))
 
-    ages = train_images.age[~torch.isnan(train_images.age)]
-    grid_ages = tuple(float(a) for a in np.quantile(ages.numpy(), [0.25, 0.75])) if len(ages) else (schema.age.min, schema.age.max)
+    # Grid ages come from the schema's age range, not from the private records.
+    grid_ages = grid_ages_of(schema)
     grid_phenotypes, row_titles, column_titles = validation_phenotypes(list(schema.pathology.vocabulary), schema.pathology.multi_label, grid_ages)
 
     shift_target = None
@@ -272,13 +272,17 @@ def _train_dp(config, denoiser, latents, noise_scheduler, scaling, stage_dir, ac
 
 def _privacy_section(config, result, *, autoencoder_dp: bool = False) -> str:
     """Model card text stating the epsilon of every component that saw the private images."""
+    from ..privacy.accounting import PrivacyLedger
+
     privacy = config.privacy
     components = {entry["name"]: entry for entry in result.ledger_state.get("components", [])}
+    ledger = PrivacyLedger.from_state_dict(result.ledger_state)
+    autoencoder_epsilon = sum(ledger.component_epsilon(name) for name in ("autoencoder", "latent_scale") if name in components)
     if privacy.public_data:
         autoencoder = f"trained on public data ({privacy.public_data}); it did not see the private images"
     elif autoencoder_dp:
         autoencoder = (f"DP-SGD (opacus) on the private images, with its latent scaling factor released through the Gaussian "
-                       f"mechanism, epsilon = {result.epsilon - result.component_epsilon:.3f} for both; the ledger composes it with "
+                       f"mechanism, epsilon = {autoencoder_epsilon:.3f} for both; the ledger composes it with "
                        "the denoiser's")
     else:
         autoencoder = ("trained on the private images **without** differential privacy: epsilon is unbounded for it, so the "
@@ -300,6 +304,10 @@ def _privacy_section(config, result, *, autoencoder_dp: bool = False) -> str:
     if privacy.pretrained_pipeline:
         lines.append(f"- Initialisation: the UNet and phenotype encoder start from {privacy.pretrained_pipeline}, trained without DP on "
                      f"{privacy.public_data or 'data the config does not name'}; only the fine-tuning above saw the private images.")
+    if privacy.audit_steps > 0:
+        lines.append("- The continuous memorisation audit compares generated images with the private training images every "
+                     f"{privacy.audit_steps} steps and may raise the noise or stop training. Those decisions are not covered by the "
+                     "epsilon above, and neither is the number of steps they led to.")
     lines.append("- The protected unit is one image; a patient with k training images is protected at the group level of k records.")
     return "\n".join(lines)
 

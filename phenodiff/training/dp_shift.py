@@ -132,7 +132,8 @@ def build_dp_shift(config, latents, group_names, ledger, make_pipeline, noise_sc
     projections = random_projections(features.shape[1], privacy.shift_projections, seed=config.seed)
     target, release = release_shift_target(
         features, list(groups[declared]), projections=projections, bound=privacy.shift_bound, bins=privacy.shift_bins,
-        num_quantiles=privacy.shift_quantiles, epsilon=privacy.shift_epsilon, delta=ledger.delta, ledger=ledger, seed=config.seed,
+        num_quantiles=privacy.shift_quantiles, epsilon=privacy.shift_epsilon, delta=ledger.delta, ledger=ledger,
+        group_keys=schema.declared_groups(),
     )
     save_target(target, folder)
     logger.info("Released the L_shift target of %d group(s): epsilon %.3g, noise std %.3g counts per bin.",

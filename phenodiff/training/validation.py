@@ -12,6 +12,12 @@ import torch
 from ..utils.io import atomic_write_bytes
 
 
+def grid_ages_of(schema) -> tuple[float, float]:
+    """Return a younger and an older age for sample grids: the quarter points of the schema's age range."""
+    span = schema.age.max - schema.age.min
+    return schema.age.min + 0.25 * span, schema.age.min + 0.75 * span
+
+
 def validation_phenotypes(vocabulary: list[str], multi_label: bool, ages: tuple[float, float]) -> tuple[list[dict], list[str], list[str]]:
     """Phenotypes of the grid in row-major order, with row and column titles.
 
