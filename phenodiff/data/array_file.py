@@ -2,7 +2,7 @@
 
 A machine that trains the generators (for example a GPU machine without the image folders) reads this
 file instead of the folders. The images are stored as float16 in [0, 1], (N, C, R, R), in a safetensors
-file whose metadata holds the records as JSON, so the file carries no executable content.
+file whose metadata stores the records as JSON, so the file carries no executable content.
 """
 
 from __future__ import annotations

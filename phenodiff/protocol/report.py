@@ -108,15 +108,19 @@ def tables_markdown(collected: dict, *, dataset: str, seeds: list[int], group_si
     pi_by_arm = {"baseline": None, "augmented": generators["plain"]["privacy_risk_upper"], "full": generators["full"]["privacy_risk_upper"]}
     lines = [f"# Protocol results: {dataset}", "", f"All numbers on the test split, {spread}. Percentages are in points. "
              "Accuracy is per image: the argmax class for single-label data, the fraction of labels right at 0.5 for "
-             "multi-label data. The bias gap is the mean absolute deviation of the group accuracies from their mean.", ""]
+             "multi-label data. The bias gap is the mean absolute deviation of the group accuracies from their mean. "
+             "Every arm's classifier trains for the same number of epochs.", ""]
+
     lines += ["## Table 1: overall performance per arm", "",
               "| arm | accuracy (%) | macro F1 (%) | macro AUROC (%) | bias gap (%) | worst-group accuracy (%) | privacy risk PI (upper bound) |",
               "|---|---|---|---|---|---|---|"]
+
     for arm in ARMS:
         row = summary[arm]
         pi = "n/a (no generator)" if pi_by_arm[arm] is None else _cell(pi_by_arm[arm], digits=4)
         lines.append(f"| {ARM_TITLES[arm]} | {_cell(row['accuracy'], 100)} | {_cell(row['macro_f1'], 100)} | "
                      f"{_cell(row['macro_auroc'], 100)} | {_cell(row['bias_gap_percent'])} | {_cell(row['worst_group_accuracy'], 100)} | {pi} |")
+
     lines += ["", "## Table 2: accuracy per demographic group, baseline vs full system", "",
               "| group | test images | baseline (%) | full system (%) | difference (points) |", "|---|---|---|---|---|"]
     for group in sorted(summary["baseline"]["group_accuracy"]):
@@ -124,13 +128,16 @@ def tables_markdown(collected: dict, *, dataset: str, seeds: list[int], group_si
         full = summary["full"]["group_accuracy"].get(group, summarise([]))
         difference = summarise(f - b for f, b in zip(full["values"], base["values"])) if len(full["values"]) == len(base["values"]) else summarise([])
         lines.append(f"| {group} | {group_sizes.get(group, 0)} | {_cell(base, 100)} | {_cell(full, 100)} | {_cell(difference, 100)} |")
+
     lines += ["", "## Table 3: calibration and deferral per arm", "",
               "| arm | ECE (%) | ECE of the MC-dropout mean (%) | coverage at tau (%) | accuracy on kept images (%) | AURC |",
               "|---|---|---|---|---|---|"]
+
     for arm in ARMS:
         row = summary[arm]
         lines.append(f"| {ARM_TITLES[arm]} | {_cell(row['ece'], 100)} | {_cell(row['ece_mc_dropout'], 100)} | "
                      f"{_cell(row['coverage_at_tau'], 100)} | {_cell(row['accuracy_kept_at_tau'], 100)} | {_cell(row['aurc'], digits=4)} |")
+
     lines += ["", "## Generators", "",
               "| generator | epsilon | PI estimate | PI upper bound | copy rate | MIA AUC | Frechet distance | sliced W1 (mean over groups) | "
               "conditional fidelity: generated | real test | released | rejected |",
@@ -139,18 +146,22 @@ def tables_markdown(collected: dict, *, dataset: str, seeds: list[int], group_si
         row = generators[name]
         first_seed = next(iter(collected["per_seed"].values()))["generators"][name]["epsilon_per_component"]
         autoencoder = first_seed.get("autoencoder")
-        autoencoder = "public data" if autoencoder == "public data" else ("no DP" if autoencoder is None else "DP")
+        if autoencoder != "public data":
+            autoencoder = "no DP" if autoencoder is None else "DP"
         epsilon = ("unbounded (no DP)" if row["epsilon"]["mean"] is None
                    else f"{_cell(row['epsilon'], digits=3)} (total; autoencoder: {autoencoder})")
         lines.append(f"| {title} | {epsilon} | {_cell(row['privacy_risk_estimate'], digits=4)} | {_cell(row['privacy_risk_upper'], digits=4)} | "
                      f"{_cell(row['copy_rate'], digits=4)} | {_cell(row['mia_auc'], digits=3)} | {_cell(row['frechet_distance'], digits=3)} | "
                      f"{_cell(row['sliced_wasserstein_mean'], digits=3)} | {_cell(row['fidelity_generated'], digits=3)} | "
                      f"{_cell(row['fidelity_real_test'], digits=3)} | {_cell(row['released'], digits=0)} | {_cell(row['rejected'], digits=0)} |")
+
     first = next(iter(collected["per_seed"].values()))["generators"]["plain"]
     parts = next(iter(collected["per_seed"].values()))["generators"]["full"]["epsilon_per_component"]
     described = ", ".join(f"{name} {value:.3f}" if isinstance(value, float) else f"{name}: {'public data' if value else 'no DP'}"
                           for name, value in parts.items())
+
     lines += ["", f"Full system epsilon by component, first seed (basic composition, delta per component as in metrics.json): {described}."]
+
     lines += ["", f"Conditional fidelity is the {first['fidelity_metric']} of the baseline classifier (trained on real images only) "
               f"on generated images against the requested labels; chance is {first['fidelity_chance']}. The Frechet distance and sliced W1 "
               "use the same classifier's penultimate features, generated vs real training images. A generator whose fidelity is near "

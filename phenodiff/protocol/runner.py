@@ -11,9 +11,10 @@ generator training resumes from its latest checkpoint):
    system then fine-tunes with DP (Lyu et al., 2023).
 3. ``plain``: a conditional LDM without DP, alignment or fairness terms. Its synthetic images follow the
    real phenotype distribution, and the ``augmented`` classifier trains on real + synthetic images.
-4. ``full``: the generator with the ``full`` overrides (DP, continuous audit, ...); synthetic images
-   planned to balance the (group, label) cells, screened by the release filter (flagged images are counted
-   and never written); then the ``full`` classifier with the bias penalty, and MC-dropout deferral.
+4. ``full``: the generator with the ``full`` overrides (DP, continuous audit, ...). Its synthetic images
+   are planned to balance the (group, label) cells and screened by the release filter, which counts the
+   flagged images and never writes them. Then the ``full`` classifier trains with the bias penalty, and
+   MC-dropout deferral is evaluated.
 
 Every arm uses the same split manifest, image size, classifier and classifier budget.
 """
