@@ -324,6 +324,16 @@ def write_model_card(protocol, collected: dict, seed: int) -> Path:
     return target
 
 
+def _stage_seconds_total(folder: Path) -> float:
+    """Sum the wall time of every finished stage in the run folder (shared stages once), across all calls."""
+    import json
+
+    total = 0.0
+    for path in folder.glob("**/result.json"):
+        total += float(json.loads(path.read_text(encoding="utf-8")).get("wall_seconds") or 0.0)
+    return total
+
+
 def write_report(protocol, results: dict, *, wall_seconds: float) -> dict:
     """Write metrics.json, tables.md, figures/ and model_card.md into the protocol folder; return the metrics."""
     from .runner import machine_description
@@ -339,6 +349,7 @@ def write_report(protocol, results: dict, *, wall_seconds: float) -> dict:
         "split_sizes": {split: len(data) for split, data in protocol.splits.items()},
         **collected,
         "wall_seconds": wall_seconds,
+        "stage_wall_seconds_total": _stage_seconds_total(folder),
         "config": protocol._resolved_config(),
         "machine": machine_description(),
     }
