@@ -163,7 +163,7 @@ def tables_markdown(collected: dict, *, dataset: str, seeds: list[int], group_si
     lines += ["", f"Full system epsilon by component, first seed (basic composition, delta per component as in metrics.json): {described}."]
 
     lines += ["", f"Conditional fidelity is the {first['fidelity_metric']} of the baseline classifier (trained on real images only) "
-              f"on generated images against the requested labels; chance is {first['fidelity_chance']}. The Frechet distance and sliced W1 "
+              f"on generated images against the requested labels; chance is {first['fidelity_chance']:.3g}. The Frechet distance and sliced W1 "
               "use the same classifier's penultimate features, generated vs real training images. A generator whose fidelity is near "
               "chance has not learned its conditioning, and the arm that trains on its images tests little more than added noise.", ""]
     return "\n".join(lines)
