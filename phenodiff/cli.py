@@ -44,6 +44,17 @@ def _add_summary_parser(subparsers) -> None:
     parser.set_defaults(func=run_summary)
 
 
+def _data_dir_or_phantom(schema, data_dir: Path | None, folder: Path, patients: int, seed: int) -> Path | None:
+    """Return ``data_dir``, or for the phantom without one, generate it into ``folder/phantom-data``."""
+    if schema.name != "phantom" or data_dir is not None:
+        return data_dir
+    from .data.phantom import PhantomConfig, generate_phantom
+
+    data_dir = generate_phantom(folder / "phantom-data", PhantomConfig(num_patients=patients, seed=seed))
+    logger.info("Phantom dataset in %s", data_dir)
+    return data_dir
+
+
 def run_summary(args: argparse.Namespace) -> int:
     from .data import load_or_make_split, load_pheno_dataset, plot_group_label_counts, resolve_schema, summarize
     from .data.schema import parse_column_mapping
@@ -53,12 +64,7 @@ def run_summary(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or Path("outputs") / f"summary-{schema.name}"
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    data_dir = args.data_dir
-    if schema.name == "phantom" and data_dir is None:
-        from .data.phantom import PhantomConfig, generate_phantom
-
-        data_dir = generate_phantom(output_dir / "phantom-data", PhantomConfig(num_patients=args.phantom_patients, seed=args.seed))
-        logger.info("Phantom dataset in %s", data_dir)
+    data_dir = _data_dir_or_phantom(schema, args.data_dir, output_dir, args.phantom_patients, args.seed)
     if data_dir is None and args.metadata_file is None:
         print(f"error: dataset {schema.name!r} needs --data-dir (or --metadata-file with --no-image-check).", file=sys.stderr)
         return 2
@@ -142,11 +148,7 @@ def run_export(args: argparse.Namespace) -> int:
     from .data.array_file import export_image_array
 
     schema = resolve_schema(args.dataset)
-    data_dir = args.data_dir
-    if schema.name == "phantom" and data_dir is None:
-        from .data.phantom import PhantomConfig, generate_phantom
-
-        data_dir = generate_phantom(args.output.parent / "phantom-data", PhantomConfig(num_patients=args.phantom_patients, seed=0))
+    data_dir = _data_dir_or_phantom(schema, args.data_dir, args.output.parent, args.phantom_patients, 0)
     if data_dir is None:
         print(f"error: dataset {schema.name!r} needs --data-dir.", file=sys.stderr)
         return 2

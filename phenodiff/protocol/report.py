@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import statistics
@@ -293,8 +294,6 @@ def write_model_card(protocol, collected: dict, seed: int) -> Path:
     """Fill the full system's model card (first seed's generator) with the protocol's numbers; write it beside metrics.json."""
     card = protocol.output_dir / f"seed-{seed}" / "full" / "pipeline" / "README.md"
     stage = protocol.output_dir / f"seed-{seed}" / "full" / "synthetic" / "result.json"
-    import json
-
     synthetic = json.loads(stage.read_text(encoding="utf-8"))
     training = json.loads((protocol.output_dir / f"seed-{seed}" / "full" / "training" / "result.json").read_text(encoding="utf-8"))
     if training.get("privacy"):
@@ -326,8 +325,6 @@ def write_model_card(protocol, collected: dict, seed: int) -> Path:
 
 def _stage_seconds_total(folder: Path) -> float:
     """Sum the wall time of every finished stage in the run folder (shared stages once), across all calls."""
-    import json
-
     total = 0.0
     for path in folder.glob("**/result.json"):
         total += float(json.loads(path.read_text(encoding="utf-8")).get("wall_seconds") or 0.0)

@@ -115,14 +115,22 @@ def build_dp_shift(config, latents, group_names, ledger, make_pipeline, noise_sc
 
     With ``reuse`` the target released earlier into ``folder`` is read back instead, without a new release.
     """
-    from ..privacy.dp_alignment import release_shift_target
-
-    cfg, privacy = config.diffusion, config.privacy
+    cfg = config.diffusion
     target = load_target(folder) if reuse else None
     if target is not None:
         logger.info("Reusing the L_shift target released in %s.", folder)
-        return DPShiftLoss(target=target, make_pipeline=make_pipeline, schema=schema, group_names=group_names,
-                           noise_scheduler=noise_scheduler, max_timestep=cfg.clinical_max_timestep, seed=config.seed)
+    else:
+        target = _release_target(config, latents, group_names, ledger, scaling, schema)
+        save_target(target, folder)
+    return DPShiftLoss(target=target, make_pipeline=make_pipeline, schema=schema, group_names=group_names,
+                       noise_scheduler=noise_scheduler, max_timestep=cfg.clinical_max_timestep, seed=config.seed)
+
+
+def _release_target(config, latents, group_names, ledger, scaling: float, schema) -> SlicedQuantileTarget:
+    """Release the per-group quantiles of the projected, scaled training latents (recorded in ``ledger``)."""
+    from ..privacy.dp_alignment import release_shift_target
+
+    privacy = config.privacy
     if privacy.shift_epsilon <= 0:
         raise ValueError(f"Invalid privacy.shift_epsilon {privacy.shift_epsilon}: the target release needs a share > 0.")
     groups = np.array([group_names[int(i)] for i in latents.images.group])
@@ -135,8 +143,6 @@ def build_dp_shift(config, latents, group_names, ledger, make_pipeline, noise_sc
         num_quantiles=privacy.shift_quantiles, epsilon=privacy.shift_epsilon, delta=ledger.delta, ledger=ledger,
         group_keys=schema.declared_groups(),
     )
-    save_target(target, folder)
     logger.info("Released the L_shift target of %d group(s): epsilon %.3g, noise std %.3g counts per bin.",
                 len(target.group_names), release.epsilon, release.noise_std)
-    return DPShiftLoss(target=target, make_pipeline=make_pipeline, schema=schema, group_names=group_names,
-                       noise_scheduler=noise_scheduler, max_timestep=cfg.clinical_max_timestep, seed=config.seed)
+    return target

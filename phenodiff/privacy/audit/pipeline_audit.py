@@ -159,8 +159,8 @@ def make_training_audit(pipeline_factory, dataset: PhenoDataset, *, resolution: 
     """Build the continuous audit that DP training calls every ``privacy.audit_steps`` steps.
 
     Each call generates ``privacy.audit_num_images`` images for training-split phenotypes with the current
-    weights, flags copies against a threshold calibrated once on the validation split, estimates PI with its
-    upper bound and lets an :class:`~.controller.AuditController` decide to continue, raise the noise
+    weights, flags copies against a threshold calibrated once on the validation split and estimates PI with
+    its upper bound. It then lets an :class:`~.controller.AuditController` decide to continue, raise the noise
     multiplier or halt. ``pipeline_factory()`` returns a pipeline with the current weights.
     """
     from ...evaluation.fidelity import generate_for_requests, requests_like_training
